@@ -122,7 +122,10 @@ mod tests {
 
     #[test]
     fn sorts_members_and_drops_whitespace() {
-        assert_eq!(canon(json!({"b": [1, 2], "a": {"d": null, "c": true}})), r#"{"a":{"c":true,"d":null},"b":[1,2]}"#);
+        assert_eq!(
+            canon(json!({"b": [1, 2], "a": {"d": null, "c": true}})),
+            r#"{"a":{"c":true,"d":null},"b":[1,2]}"#
+        );
     }
 
     #[test]
@@ -148,7 +151,10 @@ mod tests {
 
     #[test]
     fn strings_escape_only_what_they_must() {
-        assert_eq!(canon(json!("a\"b\\c\n\u{1}é€😀/")), "\"a\\\"b\\\\c\\n\\u0001é€😀/\"");
+        assert_eq!(
+            canon(json!("a\"b\\c\n\u{1}é€😀/")),
+            "\"a\\\"b\\\\c\\n\\u0001é€😀/\""
+        );
     }
 
     #[test]
@@ -156,7 +162,16 @@ mod tests {
         // RFC 8785 section 3.2.3's example ordering.
         let v = json!({"\u{20ac}": 1, "\r": 2, "\u{fb33}": 3, "1": 4, "\u{1f600}": 5, "\u{80}": 6, "\u{f6}": 7});
         let s = canon(v);
-        let order: Vec<&str> = ["\\r", "1", "\u{80}", "\u{f6}", "\u{20ac}", "\u{1f600}", "\u{fb33}"].to_vec();
+        let order: Vec<&str> = [
+            "\\r",
+            "1",
+            "\u{80}",
+            "\u{f6}",
+            "\u{20ac}",
+            "\u{1f600}",
+            "\u{fb33}",
+        ]
+        .to_vec();
         let mut last = 0;
         for k in order {
             let at = s.find(&format!("\"{k}\"")).unwrap();

@@ -48,12 +48,20 @@ impl ChainKey {
 impl fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The secret never reaches a log line.
-        f.debug_struct("ChainKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ChainKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 /// The one function that computes a checksum.
-pub fn mac(secret: &[u8; KEY_BYTES], body: &[u8], prev: &[u8; 32], received_at_unix_ns: i64, seq: u64) -> [u8; 32] {
+pub fn mac(
+    secret: &[u8; KEY_BYTES],
+    body: &[u8],
+    prev: &[u8; 32],
+    received_at_unix_ns: i64,
+    seq: u64,
+) -> [u8; 32] {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
     let len = u32::try_from(body.len()).expect("a record body is far below 4 GiB");
     m.update(&len.to_be_bytes());
@@ -65,7 +73,13 @@ pub fn mac(secret: &[u8; KEY_BYTES], body: &[u8], prev: &[u8; 32], received_at_u
 }
 
 /// Seals a record body into the chain: returns the stored record.
-pub fn seal(key: &ChainKey, body: Vec<u8>, prev: [u8; 32], received_at_unix_ns: i64, seq: u64) -> StoredRecord {
+pub fn seal(
+    key: &ChainKey,
+    body: Vec<u8>,
+    prev: [u8; 32],
+    received_at_unix_ns: i64,
+    seq: u64,
+) -> StoredRecord {
     let checksum = mac(&key.secret, &body, &prev, received_at_unix_ns, seq);
     StoredRecord {
         seq,
@@ -191,7 +205,10 @@ impl<'k> Verifier<'k> {
             seq: r.seq,
             key_id: r.key_id.clone(),
         })?;
-        Ok(mac(&key.secret, &r.body, prev, r.received_at_unix_ns, r.seq) == r.checksum && &r.prev_checksum == prev)
+        Ok(
+            mac(&key.secret, &r.body, prev, r.received_at_unix_ns, r.seq) == r.checksum
+                && &r.prev_checksum == prev,
+        )
     }
 
     fn accept(&mut self, r: StoredRecord) {
@@ -242,7 +259,15 @@ impl<'k> Verifier<'k> {
             }
             if cur.prev_checksum != self.prev {
                 let keys_say_content_ok = match self.keys.and_then(|k| k.get(&cur.key_id)) {
-                    Some(k) => mac(&k.secret, &cur.body, &cur.prev_checksum, cur.received_at_unix_ns, cur.seq) == cur.checksum,
+                    Some(k) => {
+                        mac(
+                            &k.secret,
+                            &cur.body,
+                            &cur.prev_checksum,
+                            cur.received_at_unix_ns,
+                            cur.seq,
+                        ) == cur.checksum
+                    }
                     None => self.keys.is_none(),
                 };
                 if keys_say_content_ok {
@@ -256,9 +281,15 @@ impl<'k> Verifier<'k> {
         }
         // cur.seq > e: either `e` comes next (reordered) or it is gone.
         if next.is_some_and(|n| n.seq == e) {
-            return Err(Fault::Reordered { seq: e, after: cur.seq });
+            return Err(Fault::Reordered {
+                seq: e,
+                after: cur.seq,
+            });
         }
-        Err(Fault::Missing { seq: e, through: cur.seq - 1 })
+        Err(Fault::Missing {
+            seq: e,
+            through: cur.seq - 1,
+        })
     }
 }
 
@@ -270,7 +301,13 @@ mod tests {
         let mut prev = GENESIS;
         (1..=n)
             .map(|seq| {
-                let r = seal(key, format!("{{\"n\":{seq}}}").into_bytes(), prev, 1000 + seq as i64, seq);
+                let r = seal(
+                    key,
+                    format!("{{\"n\":{seq}}}").into_bytes(),
+                    prev,
+                    1000 + seq as i64,
+                    seq,
+                );
                 prev = r.checksum;
                 r
             })
@@ -298,7 +335,10 @@ mod tests {
 
         let mut missing = good.clone();
         missing.remove(4);
-        assert_eq!(run(&ring, missing), Err(Fault::Missing { seq: 5, through: 5 }));
+        assert_eq!(
+            run(&ring, missing),
+            Err(Fault::Missing { seq: 5, through: 5 })
+        );
 
         let mut inserted = good.clone();
         let mut forged = good[4].clone();
@@ -312,10 +352,17 @@ mod tests {
 
         let mut reordered = good.clone();
         reordered.swap(4, 5);
-        assert_eq!(run(&ring, reordered), Err(Fault::Reordered { seq: 5, after: 6 }));
+        assert_eq!(
+            run(&ring, reordered),
+            Err(Fault::Reordered { seq: 5, after: 6 })
+        );
 
         let mut last_missing = good.clone();
         last_missing.pop();
-        assert_eq!(run(&ring, last_missing).unwrap().seq, 9, "a truncated tail is only visible against a known head");
+        assert_eq!(
+            run(&ring, last_missing).unwrap().seq,
+            9,
+            "a truncated tail is only visible against a known head"
+        );
     }
 }

@@ -113,7 +113,11 @@ pub struct EnrichedEvent {
 }
 
 /// Enriches one valid event. `new_id` supplies an id when the producer sent none.
-pub fn enrich(event: AuditEvent, ctx: &RequestContext, new_id: impl FnOnce() -> Uuid) -> EnrichedEvent {
+pub fn enrich(
+    event: AuditEvent,
+    ctx: &RequestContext,
+    new_id: impl FnOnce() -> Uuid,
+) -> EnrichedEvent {
     let (classification, retention_class) = classify(event.event_type);
     let (event_id, event_id_from_producer) = match event.event_id {
         Some(id) => (id, true),

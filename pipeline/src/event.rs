@@ -147,16 +147,18 @@ pub fn validate_value(value: Value) -> Result<AuditEvent, Rejection> {
         Some(Value::String(s)) => EventType::parse(&s).ok_or_else(|| {
             Rejection::new(
                 "event_type",
-                format!(
-                    "{s:?} is not one of command_execution, auth_event, system_event"
-                ),
+                format!("{s:?} is not one of command_execution, auth_event, system_event"),
             )
         })?,
         Some(other) => return Err(wrong_type("event_type", "a string", &other)),
     };
     let action = req_string(&mut obj, "action", 1, ACTION_CHARS_MAX)?;
-    let kubernetes_command =
-        opt_string(&mut obj, "kubernetes_command", 1, KUBERNETES_COMMAND_CHARS_MAX)?;
+    let kubernetes_command = opt_string(
+        &mut obj,
+        "kubernetes_command",
+        1,
+        KUBERNETES_COMMAND_CHARS_MAX,
+    )?;
     if event_type == EventType::CommandExecution && kubernetes_command.is_none() {
         return Err(Rejection::new(
             "kubernetes_command",
@@ -234,7 +236,9 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
         && b[16] == b':'
         && digits(&b[17..19]);
     let bad = || {
-        format!("{s:?} is not an RFC 3339 timestamp with an offset, such as 2026-01-02T03:04:05.123Z")
+        format!(
+            "{s:?} is not an RFC 3339 timestamp with an offset, such as 2026-01-02T03:04:05.123Z"
+        )
     };
     if !shape_ok {
         return Err(bad());
@@ -259,7 +263,10 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
         return Err(bad());
     }
     let field = |r: std::ops::Range<usize>| -> u32 {
-        std::str::from_utf8(&b[r]).ok().and_then(|t| t.parse().ok()).unwrap_or(99)
+        std::str::from_utf8(&b[r])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(99)
     };
     if field(17..19) > 59 {
         return Err(format!("{s:?} has a leap second, which is not accepted"));
@@ -271,7 +278,8 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
             return Err(format!("{s:?} has an offset out of range"));
         }
     }
-    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("{s:?} is not a valid date and time: {e}"))?;
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| format!("{s:?} is not a valid date and time: {e}"))?;
     i64::try_from(t.unix_timestamp_nanos())
         .map_err(|_| format!("{s:?} is out of the supported range"))
 }
@@ -405,7 +413,9 @@ fn check_metadata_value(path: &str, v: &Value, depth: usize) -> Result<(), Rejec
             } else {
                 Err(Rejection::new(
                     path,
-                    format!("number {n} is outside ±9007199254740991 (2^53-1); send it as a string"),
+                    format!(
+                        "number {n} is outside ±9007199254740991 (2^53-1); send it as a string"
+                    ),
                 ))
             }
         }
@@ -461,17 +471,71 @@ mod tests {
 
     #[test]
     fn names_the_field_that_is_wrong() {
-        assert_eq!(reject(base(), |m| { m.remove("user_id"); }).field, "user_id");
-        assert_eq!(reject(base(), |m| { m.insert("colour".into(), json!(1)); }).field, "colour");
-        assert_eq!(reject(base(), |m| { m.insert("success".into(), json!("yes")); }).field, "success");
-        assert_eq!(reject(base(), |m| { m.insert("timestamp".into(), json!("2026-12-03 10:00:00")); }).field, "timestamp");
-        assert_eq!(reject(base(), |m| { m.insert("timestamp".into(), json!("2026-02-30T10:00:00Z")); }).field, "timestamp");
-        assert_eq!(reject(base(), |m| { m.insert("ip_address".into(), json!("10.0.0.256")); }).field, "ip_address");
-        assert_eq!(reject(base(), |m| { m.insert("event_id".into(), json!("not-a-uuid")); }).field, "event_id");
+        assert_eq!(
+            reject(base(), |m| {
+                m.remove("user_id");
+            })
+            .field,
+            "user_id"
+        );
+        assert_eq!(
+            reject(base(), |m| {
+                m.insert("colour".into(), json!(1));
+            })
+            .field,
+            "colour"
+        );
+        assert_eq!(
+            reject(base(), |m| {
+                m.insert("success".into(), json!("yes"));
+            })
+            .field,
+            "success"
+        );
+        assert_eq!(
+            reject(base(), |m| {
+                m.insert("timestamp".into(), json!("2026-12-03 10:00:00"));
+            })
+            .field,
+            "timestamp"
+        );
+        assert_eq!(
+            reject(base(), |m| {
+                m.insert("timestamp".into(), json!("2026-02-30T10:00:00Z"));
+            })
+            .field,
+            "timestamp"
+        );
+        assert_eq!(
+            reject(base(), |m| {
+                m.insert("ip_address".into(), json!("10.0.0.256"));
+            })
+            .field,
+            "ip_address"
+        );
+        assert_eq!(
+            reject(base(), |m| {
+                m.insert("event_id".into(), json!("not-a-uuid"));
+            })
+            .field,
+            "event_id"
+        );
         let deep = json!({"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}});
-        assert_eq!(reject(base(), |m| { m.insert("metadata".into(), deep); }).field, "metadata.a.b.c.d.e.f.g.h");
+        assert_eq!(
+            reject(base(), |m| {
+                m.insert("metadata".into(), deep);
+            })
+            .field,
+            "metadata.a.b.c.d.e.f.g.h"
+        );
         let big = json!({"n": 9007199254740993u64});
-        assert_eq!(reject(base(), |m| { m.insert("metadata".into(), big); }).field, "metadata.n");
+        assert_eq!(
+            reject(base(), |m| {
+                m.insert("metadata".into(), big);
+            })
+            .field,
+            "metadata.n"
+        );
     }
 
     #[test]

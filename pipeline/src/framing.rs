@@ -11,7 +11,10 @@
 pub enum Frame {
     Line(Vec<u8>),
     /// A line longer than the limit: its first `limit` bytes and its full length.
-    TooLong { prefix: Vec<u8>, len: usize },
+    TooLong {
+        prefix: Vec<u8>,
+        len: usize,
+    },
 }
 
 /// Incremental framer; feed it bytes as they arrive.
@@ -124,7 +127,11 @@ mod tests {
         let out = frame_all(10, &[b"ab\r\n\n  \ncd", b"e\nf"]);
         assert_eq!(
             out,
-            vec![Frame::Line(b"ab".to_vec()), Frame::Line(b"cde".to_vec()), Frame::Line(b"f".to_vec())]
+            vec![
+                Frame::Line(b"ab".to_vec()),
+                Frame::Line(b"cde".to_vec()),
+                Frame::Line(b"f".to_vec())
+            ]
         );
     }
 
@@ -133,7 +140,13 @@ mod tests {
         let out = frame_all(4, &[b"abcdefgh", b"ij\nok\n"]);
         assert_eq!(
             out,
-            vec![Frame::TooLong { prefix: b"abcd".to_vec(), len: 10 }, Frame::Line(b"ok".to_vec())]
+            vec![
+                Frame::TooLong {
+                    prefix: b"abcd".to_vec(),
+                    len: 10
+                },
+                Frame::Line(b"ok".to_vec())
+            ]
         );
         let exact = frame_all(4, &[b"abcd\n"]);
         assert_eq!(exact, vec![Frame::Line(b"abcd".to_vec())]);

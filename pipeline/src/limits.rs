@@ -30,11 +30,14 @@ pub const METADATA_NUMBER_ABS_MAX: f64 = 9_007_199_254_740_991.0;
 /// Largest encoded event a transport accepts (one NDJSON line, or one element of an HTTP
 /// array, in bytes). Every string bound above fits inside it.
 pub const EVENT_BYTES_MAX: usize = 64 * 1024;
+/// Largest canonical record body, in bytes. Canonical JSON can be longer than its input
+/// (`1e15` becomes `1000000000000000`); an event whose record would exceed this is rejected.
+pub const BODY_BYTES_MAX: usize = 2 * EVENT_BYTES_MAX;
 /// Most events one ingest request (one TCP read batch or one HTTP body) may carry.
 pub const REQUEST_EVENTS_MAX: usize = 10_000;
 /// How much of a rejected input is kept in the dead-letter store, in bytes. Rejected input
 /// longer than this (only possible for oversized lines) is kept as a prefix plus its length.
-pub const DEAD_LETTER_RAW_BYTES_MAX: usize = EVENT_BYTES_MAX;
+pub const DEAD_LETTER_RAW_BYTES_MAX: usize = 4 * EVENT_BYTES_MAX;
 
 const _: () = assert!(USER_ID_CHARS_MAX * 4 < EVENT_BYTES_MAX);
 const _: () = assert!(KUBERNETES_COMMAND_CHARS_MAX * 4 < EVENT_BYTES_MAX);

@@ -58,7 +58,8 @@ fn config() -> impl bincode::config::Config {
 pub fn encode_batch(records: &[StoredRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(records.iter().map(|r| r.body.len() + 120).sum::<usize>() + 9);
     out.push(BATCH_VERSION);
-    bincode::encode_into_std_write(records, &mut out, config()).expect("writing to a Vec cannot fail");
+    bincode::encode_into_std_write(records, &mut out, config())
+        .expect("writing to a Vec cannot fail");
     out
 }
 
@@ -70,8 +71,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<StoredRecord>, DecodeError> {
     if version != BATCH_VERSION {
         return Err(DecodeError::Version(version));
     }
-    let (records, used): (Vec<StoredRecord>, usize) =
-        bincode::decode_from_slice(rest, config()).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (records, used): (Vec<StoredRecord>, usize) = bincode::decode_from_slice(rest, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != rest.len() {
         return Err(DecodeError::Trailing(rest.len() - used));
     }
@@ -184,7 +185,10 @@ pub fn body_value(ev: &EnrichedEvent, chain_id: &str, key_id: &str, seq: u64) ->
     if let Some(md) = &e.metadata {
         m.insert("metadata".into(), Value::Object(md.clone()));
     }
-    m.insert("received_at".into(), format_unix_ns(ev.received_at_unix_ns).into());
+    m.insert(
+        "received_at".into(),
+        format_unix_ns(ev.received_at_unix_ns).into(),
+    );
     m.insert("retention_class".into(), ev.retention_class.as_str().into());
     m.insert("seq".into(), seq.into());
     if let Some(s) = &e.session_id {
@@ -239,7 +243,9 @@ pub fn record_from_json_line(line: &[u8]) -> Result<StoredRecord, String> {
         serde_json::from_slice(line).map_err(|e| format!("not a JSON object: {e}"))?;
     let mut take_hex = |name: &str| -> Result<[u8; 32], String> {
         let v = doc.remove(name).ok_or_else(|| format!("missing {name}"))?;
-        let s = v.as_str().ok_or_else(|| format!("{name} is not a string"))?;
+        let s = v
+            .as_str()
+            .ok_or_else(|| format!("{name} is not a string"))?;
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).map_err(|e| format!("{name}: {e}"))?;
         Ok(out)
@@ -312,7 +318,10 @@ mod tests {
             let mut direct = Vec::new();
             write_body(&mut direct, &ev, "chain-a", "k1", 42);
             let slow = canonical::to_vec(&body_value(&ev, "chain-a", "k1", 42));
-            assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(slow).unwrap());
+            assert_eq!(
+                String::from_utf8(direct).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
         }
     }
 
@@ -329,10 +338,16 @@ mod tests {
             body,
         };
         let bytes = encode_batch(&[rec.clone(), rec.clone()]);
-        assert_eq!(decode_batch(&bytes).unwrap(), vec![rec.clone(), rec.clone()]);
+        assert_eq!(
+            decode_batch(&bytes).unwrap(),
+            vec![rec.clone(), rec.clone()]
+        );
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(decode_batch(&longer), Err(DecodeError::Trailing(1))));
+        assert!(matches!(
+            decode_batch(&longer),
+            Err(DecodeError::Trailing(1))
+        ));
         // The layout is the documented one: version, then a u64 big-endian count.
         assert_eq!(&bytes[..9], &[1, 0, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(&bytes[9..17], &7u64.to_be_bytes());
@@ -355,7 +370,10 @@ mod tests {
 
     #[test]
     fn formats_received_at_with_nanoseconds() {
-        assert_eq!(format_unix_ns(1_796_292_000_123_456_789), "2026-12-03T10:00:00.123456789Z");
+        assert_eq!(
+            format_unix_ns(1_796_292_000_123_456_789),
+            "2026-12-03T10:00:00.123456789Z"
+        );
         assert_eq!(format_unix_ns(0), "1970-01-01T00:00:00.000000000Z");
     }
 }

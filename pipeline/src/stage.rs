@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use crate::chain::{seal, ChainKey};
 use crate::enrich::{enrich, uuid_v7_at, EnrichedEvent, RequestContext, Transport};
-use crate::event::{validate_bytes, validate_value, AuditEvent, Rejection};
-use crate::limits::DEAD_LETTER_RAW_BYTES_MAX;
+use crate::event::{validate_bytes, AuditEvent, Rejection};
+use crate::limits::{BODY_BYTES_MAX, DEAD_LETTER_RAW_BYTES_MAX};
 use crate::record::{format_unix_ns, write_body, StoredRecord};
 
 /// The pipeline could not process a request; nothing in it was acknowledged.
@@ -45,12 +45,14 @@ pub type Reply = Box<dyn FnOnce(Result<Vec<Outcome>, Failure>) + Send>;
 /// One input as ingest framed it.
 #[derive(Debug)]
 pub enum Input {
-    /// Encoded JSON (a TCP or NDJSON line).
+    /// Encoded JSON: a TCP or NDJSON line, one element of an array body, or a whole body.
     Raw(Vec<u8>),
-    /// An element of a JSON array body, already parsed.
-    Value(Value),
     /// Input that ingest already refused (an overlong line, a body that is not JSON).
-    Refused { rejection: Rejection, raw: Vec<u8>, raw_len: u64 },
+    Refused {
+        rejection: Rejection,
+        raw: Vec<u8>,
+        raw_len: u64,
+    },
 }
 
 /// What a producer is told about one input.
@@ -90,7 +92,12 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn new(ctx: &RequestContext, rejection: Rejection, mut raw: Vec<u8>, raw_len: u64) -> DeadLetter {
+    fn new(
+        ctx: &RequestContext,
+        rejection: Rejection,
+        mut raw: Vec<u8>,
+        raw_len: u64,
+    ) -> DeadLetter {
         raw.truncate(DEAD_LETTER_RAW_BYTES_MAX);
         DeadLetter {
             rejection,
@@ -107,7 +114,10 @@ impl DeadLetter {
     pub fn to_json(&self, id: u64) -> Value {
         let mut m = serde_json::Map::new();
         m.insert("id".into(), id.into());
-        m.insert("received_at".into(), format_unix_ns(self.received_at_unix_ns).into());
+        m.insert(
+            "received_at".into(),
+            format_unix_ns(self.received_at_unix_ns).into(),
+        );
         m.insert("transport".into(), self.transport.as_str().into());
         m.insert("peer".into(), self.peer.to_string().into());
         m.insert("field".into(), self.rejection.field.clone().into());
@@ -117,7 +127,10 @@ impl DeadLetter {
             Err(_) => m.insert("raw_hex".into(), hex::encode(&self.raw).into()),
         };
         m.insert("raw_len".into(), self.raw_len.into());
-        m.insert("raw_truncated".into(), (self.raw_len > self.raw.len() as u64).into());
+        m.insert(
+            "raw_truncated".into(),
+            (self.raw_len > self.raw.len() as u64).into(),
+        );
         Value::Object(m)
     }
 }
@@ -136,20 +149,26 @@ pub enum Sealed {
         event_id: Uuid,
         checksum: [u8; 32],
     },
-    Rejected(DeadLetter),
+    Rejected(Box<DeadLetter>),
 }
 
 impl Sealed {
     /// The producer's answer once this item is durable.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Sealed::New { record, event_id, .. } => Outcome::Accepted {
+            Sealed::New {
+                record, event_id, ..
+            } => Outcome::Accepted {
                 seq: record.seq,
                 event_id: *event_id,
                 checksum: record.checksum,
                 duplicate: false,
             },
-            Sealed::Duplicate { seq, event_id, checksum } => Outcome::Accepted {
+            Sealed::Duplicate {
+                seq,
+                event_id,
+                checksum,
+            } => Outcome::Accepted {
                 seq: *seq,
                 event_id: *event_id,
                 checksum: *checksum,
@@ -184,7 +203,11 @@ impl Poison {
     }
 
     pub fn reason(&self) -> Option<String> {
-        self.0.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -248,7 +271,13 @@ pub struct Checksummer {
 impl Checksummer {
     /// `recent_ids` must exceed the number of events that can be in flight between this stage
     /// and the log's index; the service derives it from its limits.
-    pub fn new(key: ChainKey, chain_id: String, state: ChainState, recent_ids: usize, lookup: Box<dyn IdLookup>) -> Checksummer {
+    pub fn new(
+        key: ChainKey,
+        chain_id: String,
+        state: ChainState,
+        recent_ids: usize,
+        lookup: Box<dyn IdLookup>,
+    ) -> Checksummer {
         assert!(recent_ids > 0);
         Checksummer {
             key,
@@ -289,7 +318,31 @@ impl Checksummer {
         let seq = self.state.next_seq;
         self.body.clear();
         write_body(&mut self.body, &ev, &self.chain_id, &self.key.id, seq);
-        let record = seal(&self.key, self.body.clone(), self.state.prev, ev.received_at_unix_ns, seq);
+        if self.body.len() > BODY_BYTES_MAX {
+            let ctx = RequestContext {
+                transport: ev.transport,
+                peer: ev.peer,
+                received_at_unix_ns: ev.received_at_unix_ns,
+            };
+            let rejection = Rejection::new(
+                "$",
+                format!("the canonical record is {} bytes, more than the limit of {BODY_BYTES_MAX}; write large numbers without exponents", self.body.len()),
+            );
+            let len = self.body.len() as u64;
+            return Ok(Sealed::Rejected(Box::new(DeadLetter::new(
+                &ctx,
+                rejection,
+                self.body.clone(),
+                len,
+            ))));
+        }
+        let record = seal(
+            &self.key,
+            self.body.clone(),
+            self.state.prev,
+            ev.received_at_unix_ns,
+            seq,
+        );
         self.state = ChainState {
             next_seq: seq + 1,
             prev: record.checksum,
@@ -324,10 +377,15 @@ pub fn spawn(
     caps: Capacities,
     mut checksummer: Checksummer,
     poison: Poison,
-) -> std::io::Result<(Sender<Request>, Receiver<Batch<Sealed>>, Vec<JoinHandle<()>>, ChannelDepths)> {
+) -> std::io::Result<(
+    Sender<Request>,
+    Receiver<Batch<Sealed>>,
+    Vec<JoinHandle<()>>,
+    ChannelDepths,
+)> {
     let (in_tx, in_rx) = bounded::<Request>(caps.validate);
-    let (v_tx, v_rx) = bounded::<Batch<Result<AuditEvent, DeadLetter>>>(caps.enrich);
-    let (e_tx, e_rx) = bounded::<Batch<Result<EnrichedEvent, DeadLetter>>>(caps.checksum);
+    let (v_tx, v_rx) = bounded::<Batch<Result<AuditEvent, Box<DeadLetter>>>>(caps.enrich);
+    let (e_tx, e_rx) = bounded::<Batch<Result<EnrichedEvent, Box<DeadLetter>>>>(caps.checksum);
     let (c_tx, c_rx) = bounded::<Batch<Sealed>>(caps.log);
     let depths = ChannelDepths {
         validate: in_rx.clone(),
@@ -337,39 +395,69 @@ pub fn spawn(
     };
 
     let mut threads = Vec::new();
-    threads.push(run_stage("validate", in_rx, v_tx, poison.clone(), |b: Request| {
-        let ctx = b.ctx;
-        let items = b
-            .items
-            .into_iter()
-            .map(|input| validate_input(&ctx, input))
-            .collect();
-        Ok(Batch { ctx, items, reply: b.reply })
-    })?);
-    threads.push(run_stage("enrich", v_rx, e_tx, poison.clone(), |b: Batch<Result<AuditEvent, DeadLetter>>| {
-        let ctx = b.ctx;
-        let at = ctx.received_at_unix_ns;
-        let items = b
-            .items
-            .into_iter()
-            .map(|r| r.map(|ev| enrich(ev, &ctx, || uuid_v7_at(at))))
-            .collect();
-        Ok(Batch { ctx, items, reply: b.reply })
-    })?);
-    threads.push(run_stage("checksum", e_rx, c_tx, poison, move |b: Batch<Result<EnrichedEvent, DeadLetter>>| {
-        let Batch { ctx, items: inputs, reply } = b;
-        let mut items = Vec::with_capacity(inputs.len());
-        for r in inputs {
-            items.push(match r {
-                Ok(ev) => match checksummer.seal_event(ev) {
-                    Ok(sealed) => sealed,
-                    Err(failure) => return Err((failure, reply)),
-                },
-                Err(d) => Sealed::Rejected(d),
-            });
-        }
-        Ok(Batch { ctx, items, reply })
-    })?);
+    threads.push(run_stage(
+        "validate",
+        in_rx,
+        v_tx,
+        poison.clone(),
+        |b: Request| {
+            let ctx = b.ctx;
+            let items = b
+                .items
+                .into_iter()
+                .map(|input| validate_input(&ctx, input))
+                .collect();
+            Ok(Batch {
+                ctx,
+                items,
+                reply: b.reply,
+            })
+        },
+    )?);
+    threads.push(run_stage(
+        "enrich",
+        v_rx,
+        e_tx,
+        poison.clone(),
+        |b: Batch<Result<AuditEvent, Box<DeadLetter>>>| {
+            let ctx = b.ctx;
+            let at = ctx.received_at_unix_ns;
+            let items = b
+                .items
+                .into_iter()
+                .map(|r| r.map(|ev| enrich(ev, &ctx, || uuid_v7_at(at))))
+                .collect();
+            Ok(Batch {
+                ctx,
+                items,
+                reply: b.reply,
+            })
+        },
+    )?);
+    threads.push(run_stage(
+        "checksum",
+        e_rx,
+        c_tx,
+        poison,
+        move |b: Batch<Result<EnrichedEvent, Box<DeadLetter>>>| {
+            let Batch {
+                ctx,
+                items: inputs,
+                reply,
+            } = b;
+            let mut items = Vec::with_capacity(inputs.len());
+            for r in inputs {
+                items.push(match r {
+                    Ok(ev) => match checksummer.seal_event(ev) {
+                        Ok(sealed) => sealed,
+                        Err(failure) => return Err((failure, reply)),
+                    },
+                    Err(d) => Sealed::Rejected(d),
+                });
+            }
+            Ok(Batch { ctx, items, reply })
+        },
+    )?);
     Ok((in_tx, c_rx, threads, depths))
 }
 
@@ -377,8 +465,8 @@ pub fn spawn(
 #[derive(Clone)]
 pub struct ChannelDepths {
     validate: Receiver<Request>,
-    enrich: Receiver<Batch<Result<AuditEvent, DeadLetter>>>,
-    checksum: Receiver<Batch<Result<EnrichedEvent, DeadLetter>>>,
+    enrich: Receiver<Batch<Result<AuditEvent, Box<DeadLetter>>>>,
+    checksum: Receiver<Batch<Result<EnrichedEvent, Box<DeadLetter>>>>,
     log: Receiver<Batch<Sealed>>,
 }
 
@@ -394,21 +482,17 @@ impl ChannelDepths {
     }
 }
 
-fn validate_input(ctx: &RequestContext, input: Input) -> Result<AuditEvent, DeadLetter> {
+fn validate_input(ctx: &RequestContext, input: Input) -> Result<AuditEvent, Box<DeadLetter>> {
     match input {
         Input::Raw(bytes) => validate_bytes(&bytes).map_err(|r| {
             let len = bytes.len() as u64;
-            DeadLetter::new(ctx, r, bytes, len)
+            Box::new(DeadLetter::new(ctx, r, bytes, len))
         }),
-        Input::Value(v) => {
-            // Keep the original for the dead-letter store only when it is needed.
-            let raw = serde_json::to_vec(&v).unwrap_or_default();
-            validate_value(v).map_err(|r| {
-                let len = raw.len() as u64;
-                DeadLetter::new(ctx, r, raw, len)
-            })
-        }
-        Input::Refused { rejection, raw, raw_len } => Err(DeadLetter::new(ctx, rejection, raw, raw_len)),
+        Input::Refused {
+            rejection,
+            raw,
+            raw_len,
+        } => Err(Box::new(DeadLetter::new(ctx, rejection, raw, raw_len))),
     }
 }
 

@@ -1,0 +1,187 @@
+//! Ingest: the TCP and HTTP edges, and the admission control they share.
+//!
+//! A request (one TCP read batch or one HTTP body) takes one permit from a semaphore of
+//! `inflight_requests_max` before it enters the pipeline and returns it when its reply has
+//! been called. TCP readers wait for a permit (so a full pipeline stops reading the socket);
+//! HTTP answers 503 with `Retry-After` instead of waiting.
+
+pub mod http;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Sender, TrySendError};
+use kubechat_audit_pipeline::enrich::{RequestContext, Transport};
+use kubechat_audit_pipeline::event::Rejection;
+use kubechat_audit_pipeline::stage::{Batch, Failure, Input, Outcome, Poison, Request};
+use metrics::counter;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Limits;
+use crate::metrics::EVENTS_RECEIVED;
+
+/// What a submitted request resolves to.
+pub type Pending = oneshot::Receiver<Result<Vec<Outcome>, Failure>>;
+
+/// Why a request was not admitted.
+#[derive(Debug)]
+pub enum NotAdmitted {
+    /// Every in-flight slot is taken (HTTP only; TCP waits).
+    Busy,
+    /// The pipeline has failed or is shutting down.
+    Closed(String),
+}
+
+/// The shared entry to the pipeline.
+pub struct Ingest {
+    /// Taken away by [`Ingest::close`], which lets the stages drain and stop.
+    tx: std::sync::Mutex<Option<Sender<Request>>>,
+    inflight: Arc<Semaphore>,
+    poison: Poison,
+    draining: AtomicBool,
+    pub limits: Limits,
+}
+
+impl Ingest {
+    pub fn new(tx: Sender<Request>, poison: Poison, limits: Limits) -> Ingest {
+        Ingest {
+            tx: std::sync::Mutex::new(Some(tx)),
+            inflight: Arc::new(Semaphore::new(limits.inflight_requests_max)),
+            poison,
+            draining: AtomicBool::new(false),
+            limits,
+        }
+    }
+
+    /// Ready means: the pipeline is healthy and not shutting down.
+    pub fn ready(&self) -> Result<(), String> {
+        if let Some(reason) = self.poison.reason() {
+            return Err(format!("pipeline failed: {reason}"));
+        }
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("shutting down".into());
+        }
+        Ok(())
+    }
+
+    /// Stops admitting new requests (graceful shutdown).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes the entry: requests already inside are still processed and answered.
+    pub fn close(&self) {
+        self.start_draining();
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Submits a request, waiting for an in-flight slot.
+    pub async fn submit(
+        &self,
+        ctx: RequestContext,
+        inputs: Vec<Input>,
+    ) -> Result<Pending, NotAdmitted> {
+        self.ready().map_err(NotAdmitted::Closed)?;
+        let permit = self
+            .inflight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| NotAdmitted::Closed("shutting down".into()))?;
+        self.send(ctx, inputs, permit)
+    }
+
+    /// Submits a request if a slot is free right now.
+    pub fn try_submit(
+        &self,
+        ctx: RequestContext,
+        inputs: Vec<Input>,
+    ) -> Result<Pending, NotAdmitted> {
+        self.ready().map_err(NotAdmitted::Closed)?;
+        let permit = self
+            .inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NotAdmitted::Busy)?;
+        self.send(ctx, inputs, permit)
+    }
+
+    fn send(
+        &self,
+        ctx: RequestContext,
+        inputs: Vec<Input>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Pending, NotAdmitted> {
+        counter!(EVENTS_RECEIVED, "transport" => ctx.transport.as_str())
+            .increment(inputs.len() as u64);
+        let (tx, rx) = oneshot::channel();
+        let request = Batch {
+            ctx,
+            items: inputs,
+            reply: Box::new(move |result| {
+                drop(permit);
+                // The producer may have gone; its events are durable all the same.
+                let _ = tx.send(result);
+            }),
+        };
+        // The first channel holds every admitted request (Config::check), so this does not
+        // block; if it ever would, block this worker rather than drop the request.
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(tx) = tx else {
+            return Err(NotAdmitted::Closed("shutting down".into()));
+        };
+        match tx.try_send(request) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(r)) => tokio::task::block_in_place(|| tx.send(r))
+                .map(|()| rx)
+                .map_err(|_| NotAdmitted::Closed("pipeline stopped".into())),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(NotAdmitted::Closed("pipeline stopped".into()))
+            }
+        }
+    }
+}
+
+/// Stamps a request's context.
+pub fn context(transport: Transport, peer: SocketAddr) -> RequestContext {
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    RequestContext {
+        transport,
+        peer,
+        received_at_unix_ns: ns,
+    }
+}
+
+/// One acknowledgement or error, as the JSON both transports write.
+pub fn outcome_json(o: &Outcome) -> serde_json::Value {
+    match o {
+        Outcome::Accepted {
+            seq,
+            event_id,
+            checksum,
+            duplicate,
+        } => {
+            let mut v = serde_json::json!({
+                "seq": seq,
+                "event_id": event_id.to_string(),
+                "checksum": hex::encode(checksum),
+            });
+            if *duplicate {
+                v["duplicate"] = true.into();
+            }
+            v
+        }
+        Outcome::Rejected(r) => rejection_json(r),
+    }
+}
+
+/// `{"error":{"field":...,"message":...}}`.
+pub fn rejection_json(r: &Rejection) -> serde_json::Value {
+    serde_json::json!({"error": {"field": r.field, "message": r.message}})
+}

@@ -1,0 +1,478 @@
+//! The durable log: the only module that touches sled.
+//!
+//! Everything lives in sled's default tree, under one-byte key prefixes, so that one group
+//! commit is one atomic `apply_batch` followed by one flush:
+//!
+//! ```text
+//! key                                  value
+//! 'm' name                             meta: "chain_id" (utf-8), "head" (seq u64be, checksum 32)
+//! 'r' first_seq:u64be                  a record chunk: record::encode_batch of consecutive records
+//! 'i' event_id:16                      idempotence index: seq u64be (producer-supplied ids only)
+//! 'd' id:u64be                         a dead letter: JSON (stage::DeadLetter::to_json)
+//! 'o' projection name                  a projection's committed offset: seq u64be
+//! ```
+//!
+//! Integers are big-endian so that key order is sequence order. A group commit writes its
+//! records as chunks of at most [`RECORD_CHUNK_BYTES_MAX`] (one sled key per chunk, not per
+//! event), keeps sled's leaves below the size at which sled 0.34 moves a node into a separate
+//! blob file (blob files are written without any fsync), and asserts the chain it is about to
+//! write continues the chain already written.
+//!
+//! Durability: sled 0.34.7's `flush()` ends in `sync_file_range`, which neither flushes the
+//! device's write cache nor syncs metadata, so a [`Durability::Synced`] commit follows it
+//! with `fdatasync` of `<dir>/db`. Any failure there is fatal and sticky: the log refuses all
+//! further writes, and the writer thread raises the pipeline's poison.
+
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kubechat_audit_pipeline::chain::{FIRST_SEQ, GENESIS};
+use kubechat_audit_pipeline::record::{decode_batch, encode_batch, DecodeError, StoredRecord};
+use kubechat_audit_pipeline::stage::{ChainState, IdLookup, Sealed};
+use uuid::Uuid;
+
+pub use writer::{spawn_writer, WriterConfig};
+
+/// Largest record chunk written under one key, in bytes.
+pub const RECORD_CHUNK_BYTES_MAX: usize = 32 * 1024;
+/// sled's segment size for new logs. sled stores a tree node bigger than a quarter of a
+/// segment as a separate, unsynced blob file; leaves split above 16 entries, so a leaf of
+/// record chunks stays far below this quarter.
+pub const SLED_SEGMENT_BYTES: usize = 16 * 1024 * 1024;
+const _: () = assert!(
+    16 * (RECORD_CHUNK_BYTES_MAX + kubechat_audit_pipeline::limits::BODY_BYTES_MAX + 4096)
+        < SLED_SEGMENT_BYTES / 4
+);
+
+const META_CHAIN_ID: &[u8] = b"mchain_id";
+const META_HEAD: &[u8] = b"mhead";
+const P_RECORDS: u8 = b'r';
+const P_IDS: u8 = b'i';
+const P_DEAD: u8 = b'd';
+const P_OFFSETS: u8 = b'o';
+
+/// How far a commit goes before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// sled's flush only: survives a process crash, not necessarily a power loss.
+    Flushed,
+    /// sled's flush plus fdatasync of the log file: survives a power loss.
+    Synced,
+}
+
+/// Errors of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("record chunk at key seq {key}: {source}")]
+    Decode { key: u64, source: DecodeError },
+    #[error("the log is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("an earlier write failed ({0}); the log accepts no more writes until restarted")]
+    Poisoned(String),
+    #[error(
+        "the data directory {0} is in use by another process (is `kubechat-audit serve` running on it?); stop it or work on a copy"
+    )]
+    Locked(PathBuf),
+}
+
+/// The durable log.
+pub struct Log {
+    db: sled::Db,
+    dir: PathBuf,
+    data_file: File,
+    failed: AtomicBool,
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+/// A chain's identity and where it stands.
+#[derive(Clone, Debug)]
+pub struct Recovered {
+    pub chain_id: String,
+    pub state: ChainState,
+    pub next_dead_letter_id: u64,
+}
+
+fn u64_key(prefix: u8, n: u64) -> [u8; 9] {
+    let mut k = [prefix; 9];
+    k[1..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`.
+    pub fn open(dir: &Path) -> Result<Log, LogError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LogError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .segment_size(SLED_SEGMENT_BYTES)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref ioe)
+                    if ioe.kind() == std::io::ErrorKind::WouldBlock
+                        || ioe.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+                {
+                    LogError::Locked(dir.to_owned())
+                }
+                other => LogError::Sled(other),
+            })?;
+        let data_path = dir.join("db");
+        let data_file = File::open(&data_path).map_err(io(&data_path))?;
+        // A fresh log's files must survive a power loss before anything is acknowledged.
+        data_file.sync_all().map_err(io(&data_path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok(Log {
+            db,
+            dir: dir.to_owned(),
+            data_file,
+            failed: AtomicBool::new(false),
+            failure: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Opens a log that must already exist (for `verify` and other readers).
+    pub fn open_existing(dir: &Path) -> Result<Log, LogError> {
+        if !dir.join("db").exists() {
+            return Err(LogError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no kubechat-audit log here (is --data-dir right?)",
+                ),
+            });
+        }
+        Log::open(dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the chain's identity and head, creating the identity on first use, and checks
+    /// that the head recorded in meta is the last record stored.
+    pub fn recover(&self, new_chain_id: impl FnOnce() -> String) -> Result<Recovered, LogError> {
+        let chain_id = match self.db.get(META_CHAIN_ID)? {
+            Some(v) => String::from_utf8(v.to_vec())
+                .map_err(|_| LogError::Corrupt("chain_id is not UTF-8".into()))?,
+            None => {
+                let id = new_chain_id();
+                self.db.insert(META_CHAIN_ID, id.as_bytes())?;
+                self.durable_flush(Durability::Synced)?;
+                id
+            }
+        };
+        let state = match self.head()? {
+            None => ChainState {
+                next_seq: FIRST_SEQ,
+                prev: GENESIS,
+            },
+            Some((seq, checksum)) => ChainState {
+                next_seq: seq + 1,
+                prev: checksum,
+            },
+        };
+        // Pair assertion: the last stored record is the recorded head.
+        match self.last_record()? {
+            Some(r) if r.seq + 1 != state.next_seq || r.checksum != state.prev => {
+                return Err(LogError::Corrupt(format!(
+                    "the recorded head (seq {}) does not match the last stored record (seq {})",
+                    state.next_seq - 1,
+                    r.seq
+                )))
+            }
+            None if state.next_seq != FIRST_SEQ => {
+                return Err(LogError::Corrupt(format!(
+                    "the recorded head is seq {} but the log holds no records",
+                    state.next_seq - 1
+                )))
+            }
+            _ => {}
+        }
+        let next_dead_letter_id = match self.db.scan_prefix([P_DEAD]).keys().next_back() {
+            Some(k) => {
+                be_u64(&k?[1..]).ok_or_else(|| LogError::Corrupt("bad dead-letter key".into()))? + 1
+            }
+            None => 1,
+        };
+        Ok(Recovered {
+            chain_id,
+            state,
+            next_dead_letter_id,
+        })
+    }
+
+    /// The chain head recorded by the last commit: `(seq, checksum)`.
+    pub fn head(&self) -> Result<Option<(u64, [u8; 32])>, LogError> {
+        match self.db.get(META_HEAD)? {
+            None => Ok(None),
+            Some(v) if v.len() == 40 => {
+                let seq = be_u64(&v[..8]).expect("8 bytes");
+                let mut c = [0u8; 32];
+                c.copy_from_slice(&v[8..]);
+                Ok(Some((seq, c)))
+            }
+            Some(v) => Err(LogError::Corrupt(format!(
+                "head meta has {} bytes, expected 40",
+                v.len()
+            ))),
+        }
+    }
+
+    fn last_record(&self) -> Result<Option<StoredRecord>, LogError> {
+        match self.db.scan_prefix([P_RECORDS]).next_back() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                let key = be_u64(&k[1..]).unwrap_or(0);
+                let mut recs =
+                    decode_batch(&v).map_err(|source| LogError::Decode { key, source })?;
+                Ok(recs.pop())
+            }
+        }
+    }
+
+    /// Writes one group commit and makes it durable. On any error the log is poisoned.
+    pub fn commit(
+        &self,
+        groups: &[&[Sealed]],
+        next_dead_id: &mut u64,
+        durability: Durability,
+    ) -> Result<CommitStats, LogError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(LogError::Poisoned(
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_default(),
+            ));
+        }
+        let result = self.commit_inner(groups, next_dead_id, durability);
+        if let Err(e) = &result {
+            self.failed.store(true, Ordering::SeqCst);
+            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        }
+        result
+    }
+
+    fn commit_inner(
+        &self,
+        groups: &[&[Sealed]],
+        next_dead_id: &mut u64,
+        durability: Durability,
+    ) -> Result<CommitStats, LogError> {
+        let mut batch = sled::Batch::default();
+        let mut stats = CommitStats::default();
+        let mut chunk: Vec<StoredRecord> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut head: Option<(u64, [u8; 32])> = None;
+        let flush_chunk = |chunk: &mut Vec<StoredRecord>,
+                           chunk_bytes: &mut usize,
+                           batch: &mut sled::Batch,
+                           stats: &mut CommitStats| {
+            if let Some(first) = chunk.first() {
+                batch.insert(&u64_key(P_RECORDS, first.seq), encode_batch(chunk));
+                stats.chunks += 1;
+                chunk.clear();
+                *chunk_bytes = 0;
+            }
+        };
+        for item in groups.iter().flat_map(|g| g.iter()) {
+            match item {
+                Sealed::New {
+                    record,
+                    event_id,
+                    index_id,
+                } => {
+                    // Assert what we write: each record continues the one before it.
+                    if let Some((seq, sum)) = head {
+                        assert_eq!(record.seq, seq + 1, "records of a commit are consecutive");
+                        assert_eq!(record.prev_checksum, sum, "records of a commit chain");
+                    }
+                    if chunk_bytes + record.body.len() > RECORD_CHUNK_BYTES_MAX {
+                        flush_chunk(&mut chunk, &mut chunk_bytes, &mut batch, &mut stats);
+                    }
+                    if *index_id {
+                        batch.insert(&id_key(event_id)[..], &record.seq.to_be_bytes());
+                    }
+                    head = Some((record.seq, record.checksum));
+                    chunk_bytes += record.body.len();
+                    stats.records += 1;
+                    chunk.push(record.clone());
+                }
+                Sealed::Duplicate { .. } => stats.duplicates += 1,
+                Sealed::Rejected(d) => {
+                    let json = serde_json::to_vec(&d.to_json(*next_dead_id))
+                        .expect("a JSON value serializes");
+                    batch.insert(&u64_key(P_DEAD, *next_dead_id), json);
+                    *next_dead_id += 1;
+                    stats.dead_letters += 1;
+                }
+            }
+        }
+        flush_chunk(&mut chunk, &mut chunk_bytes, &mut batch, &mut stats);
+        if let Some((seq, sum)) = head {
+            let mut v = [0u8; 40];
+            v[..8].copy_from_slice(&seq.to_be_bytes());
+            v[8..].copy_from_slice(&sum);
+            batch.insert(META_HEAD, &v[..]);
+        }
+        self.db.apply_batch(batch)?;
+        stats.bytes = self.durable_flush(durability)?;
+        Ok(stats)
+    }
+
+    fn durable_flush(&self, durability: Durability) -> Result<usize, LogError> {
+        let bytes = self.db.flush()?;
+        if durability == Durability::Synced {
+            self.data_file.sync_data().map_err(|source| LogError::Io {
+                path: self.dir.join("db"),
+                source,
+            })?;
+        }
+        Ok(bytes)
+    }
+
+    /// Looks up a producer-supplied `event_id`: its `seq` and checksum.
+    pub fn lookup_id(&self, id: &Uuid) -> Result<Option<(u64, [u8; 32])>, LogError> {
+        let Some(v) = self.db.get(id_key(id))? else {
+            return Ok(None);
+        };
+        let seq = be_u64(&v)
+            .ok_or_else(|| LogError::Corrupt(format!("index entry for {id} is malformed")))?;
+        let rec = self.record(seq)?.ok_or_else(|| {
+            LogError::Corrupt(format!(
+                "index names seq {seq} for {id}, which the log does not hold"
+            ))
+        })?;
+        Ok(Some((seq, rec.checksum)))
+    }
+
+    /// The record at `seq`, if stored.
+    pub fn record(&self, seq: u64) -> Result<Option<StoredRecord>, LogError> {
+        let upper = u64_key(P_RECORDS, seq);
+        let Some(kv) = self
+            .db
+            .range([P_RECORDS].as_slice()..=upper.as_slice())
+            .next_back()
+        else {
+            return Ok(None);
+        };
+        let (k, v) = kv?;
+        let key = be_u64(&k[1..]).unwrap_or(0);
+        let recs = decode_batch(&v).map_err(|source| LogError::Decode { key, source })?;
+        Ok(recs.into_iter().find(|r| r.seq == seq))
+    }
+
+    /// Every stored record from `from_seq` on, in key order. Records are yielded as stored:
+    /// a verifier, not this iterator, judges their order.
+    pub fn records_from(
+        &self,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<StoredRecord, LogError>> + '_ {
+        // Start at the chunk that holds `from_seq`.
+        let start = match self
+            .db
+            .range([P_RECORDS].as_slice()..=u64_key(P_RECORDS, from_seq).as_slice())
+            .keys()
+            .next_back()
+        {
+            Some(Ok(k)) => k.to_vec(),
+            _ => vec![P_RECORDS],
+        };
+        self.db
+            .range(start..)
+            .take_while(|kv| {
+                kv.as_ref()
+                    .map(|(k, _)| k.first() == Some(&P_RECORDS))
+                    .unwrap_or(true)
+            })
+            .flat_map(move |kv| -> Vec<Result<StoredRecord, LogError>> {
+                match kv {
+                    Err(e) => vec![Err(e.into())],
+                    Ok((k, v)) => {
+                        let key = be_u64(&k[1..]).unwrap_or(0);
+                        match decode_batch(&v) {
+                            Ok(recs) => recs
+                                .into_iter()
+                                .filter(|r| r.seq >= from_seq)
+                                .map(Ok)
+                                .collect(),
+                            Err(source) => vec![Err(LogError::Decode { key, source })],
+                        }
+                    }
+                }
+            })
+    }
+
+    /// Every dead letter, oldest first, as stored JSON.
+    pub fn dead_letters(&self) -> impl Iterator<Item = Result<Vec<u8>, LogError>> + '_ {
+        self.db
+            .scan_prefix([P_DEAD])
+            .values()
+            .map(|v| v.map(|v| v.to_vec()).map_err(LogError::from))
+    }
+
+    /// A projection's committed offset (the last `seq` it has made durable), if any.
+    pub fn offset(&self, projection: &str) -> Result<Option<u64>, LogError> {
+        let mut k = vec![P_OFFSETS];
+        k.extend_from_slice(projection.as_bytes());
+        Ok(self.db.get(k)?.and_then(|v| be_u64(&v)))
+    }
+
+    /// Records a projection's committed offset durably.
+    pub fn set_offset(&self, projection: &str, seq: u64) -> Result<(), LogError> {
+        let mut k = vec![P_OFFSETS];
+        k.extend_from_slice(projection.as_bytes());
+        self.db.insert(k, &seq.to_be_bytes())?;
+        self.durable_flush(Durability::Synced)?;
+        Ok(())
+    }
+}
+
+fn id_key(id: &Uuid) -> [u8; 17] {
+    let mut k = [P_IDS; 17];
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// What one group commit wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommitStats {
+    pub records: usize,
+    pub duplicates: usize,
+    pub dead_letters: usize,
+    pub chunks: usize,
+    pub bytes: usize,
+}
+
+/// The checksum stage's view of the idempotence index.
+pub struct LogIds(pub std::sync::Arc<Log>);
+
+impl IdLookup for LogIds {
+    fn lookup(&self, id: &Uuid) -> Result<Option<(u64, [u8; 32])>, String> {
+        self.0.lookup_id(id).map_err(|e| e.to_string())
+    }
+}
