@@ -76,6 +76,8 @@ pub enum LogError {
     },
     #[error("record chunk at key seq {key}: {source}")]
     Decode { key: u64, source: DecodeError },
+    #[error("{0}")]
+    Setup(String),
     #[error("the log is inconsistent: {0}")]
     Corrupt(String),
     #[error("an earlier write failed ({0}); the log accepts no more writes until restarted")]
@@ -88,6 +90,8 @@ pub enum LogError {
 
 /// The durable log.
 pub struct Log {
+    failpoints: Failpoints,
+    commits: std::sync::atomic::AtomicU64,
     db: sled::Db,
     dir: PathBuf,
     data_file: File,
@@ -144,6 +148,8 @@ impl Log {
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
         Ok(Log {
+            failpoints: Failpoints::from_env()?,
+            commits: std::sync::atomic::AtomicU64::new(0),
             db,
             dir: dir.to_owned(),
             data_file,
@@ -339,6 +345,20 @@ impl Log {
             v[8..].copy_from_slice(&sum);
             batch.insert(META_HEAD, &v[..]);
         }
+        let n = self.commits.fetch_add(1, Ordering::SeqCst);
+        if let Some(ms) = self.failpoints.commit_delay_ms {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if self
+            .failpoints
+            .commit_error_after
+            .is_some_and(|after| n >= after)
+        {
+            return Err(LogError::Io {
+                path: self.dir.join("db"),
+                source: std::io::Error::other("injected by failpoint commit_error_after"),
+            });
+        }
         self.db.apply_batch(batch)?;
         stats.bytes = self.durable_flush(durability)?;
         Ok(stats)
@@ -449,6 +469,38 @@ impl Log {
         self.db.insert(k, &seq.to_be_bytes())?;
         self.durable_flush(Durability::Synced)?;
         Ok(())
+    }
+}
+
+/// Fault injection for tests at the log's I/O boundary, read once from the environment
+/// variable `KUBECHAT_AUDIT_FAILPOINTS` (comma-separated `name=value`):
+/// `commit_error_after=N` fails every commit after the first N as an I/O error would;
+/// `commit_delay_ms=M` sleeps before each commit, to hold requests in flight.
+#[derive(Clone, Copy, Debug, Default)]
+struct Failpoints {
+    commit_error_after: Option<u64>,
+    commit_delay_ms: Option<u64>,
+}
+
+impl Failpoints {
+    fn from_env() -> Result<Failpoints, LogError> {
+        let mut f = Failpoints::default();
+        let Ok(spec) = std::env::var("KUBECHAT_AUDIT_FAILPOINTS") else {
+            return Ok(f);
+        };
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let bad =
+                || LogError::Setup(format!("KUBECHAT_AUDIT_FAILPOINTS: cannot parse {part:?}"));
+            let (name, value) = part.split_once('=').ok_or_else(bad)?;
+            let value: u64 = value.parse().map_err(|_| bad())?;
+            match name {
+                "commit_error_after" => f.commit_error_after = Some(value),
+                "commit_delay_ms" => f.commit_delay_ms = Some(value),
+                _ => return Err(bad()),
+            }
+        }
+        tracing::warn!(failpoints = ?f, "fault injection is active");
+        Ok(f)
     }
 }
 
