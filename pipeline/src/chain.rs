@@ -199,7 +199,8 @@ impl<'k> Verifier<'k> {
 
     fn mac_ok(&self, r: &StoredRecord, prev: &[u8; 32]) -> Result<bool, Fault> {
         let Some(keys) = self.keys else {
-            return Ok(true);
+            // Without keys only the links can be checked.
+            return Ok(&r.prev_checksum == prev);
         };
         let key = keys.get(&r.key_id).ok_or_else(|| Fault::UnknownKey {
             seq: r.seq,
@@ -356,6 +357,13 @@ mod tests {
             run(&ring, reordered),
             Err(Fault::Reordered { seq: 5, after: 6 })
         );
+
+        // Without keys, the links are still checked.
+        let mut relinked = good.clone();
+        relinked[4].prev_checksum = [1; 32];
+        let mut keyless = Verifier::new(None);
+        let res = relinked.into_iter().try_for_each(|r| keyless.push(r)).and_then(|()| keyless.finish().map(drop));
+        assert_eq!(res, Err(Fault::Broken { seq: 5 }));
 
         let mut last_missing = good.clone();
         last_missing.pop();
