@@ -207,6 +207,56 @@ pub fn body_value(ev: &EnrichedEvent, chain_id: &str, key_id: &str, seq: u64) ->
     Value::Object(m)
 }
 
+/// The record document with typed fields: what projections read from a body, and what a
+/// verifier rebuilds from a projection's columns.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordDoc {
+    pub action: String,
+    pub chain_id: String,
+    pub classification: String,
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<std::net::IpAddr>,
+    pub key_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, Value>>,
+    pub received_at: String,
+    pub retention_class: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<uuid::Uuid>,
+    pub source: Source,
+    pub success: bool,
+    pub timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    pub user_id: String,
+}
+
+/// Where an event came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub peer: String,
+    pub transport: String,
+}
+
+impl RecordDoc {
+    pub fn parse(body: &[u8]) -> Result<RecordDoc, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
+    /// The canonical body this document hashes to.
+    pub fn canonical(&self) -> Vec<u8> {
+        let v = serde_json::to_value(self).expect("a record document is plain JSON");
+        crate::canonical::to_vec(&v)
+    }
+}
+
 impl StoredRecord {
     /// The JSON line form: the body with `prev_checksum` and `checksum` added (no newline).
     pub fn to_json_line(&self) -> Vec<u8> {
@@ -322,6 +372,16 @@ mod tests {
                 String::from_utf8(direct).unwrap(),
                 String::from_utf8(slow).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn typed_document_round_trips_to_the_same_canonical_body() {
+        for extra in [json!({}), json!({"metadata": {"b": [1e15, -0.5]}, "ip_address": "::ffff:1.2.3.4"})] {
+            let mut body = Vec::new();
+            write_body(&mut body, &sample(extra), "c", "k", 9);
+            let doc = RecordDoc::parse(&body).unwrap();
+            assert_eq!(String::from_utf8(doc.canonical()).unwrap(), String::from_utf8(body).unwrap());
         }
     }
 
