@@ -23,6 +23,7 @@ pub struct Config {
     pub pipeline: Pipeline,
     pub log: LogConfig,
     pub keys: Keys,
+    pub postgres: crate::projection::postgres::PostgresConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -92,6 +93,7 @@ impl Default for Config {
             pipeline: Pipeline::default(),
             log: LogConfig::default(),
             keys: Keys::default(),
+            postgres: Default::default(),
         }
     }
 }
@@ -240,6 +242,12 @@ impl Config {
                 "limits.inflight_requests_max ({}) must not exceed pipeline.validate_capacity ({})",
                 l.inflight_requests_max, p.validate_capacity
             ));
+        }
+        let pg = &self.postgres;
+        if pg.batch_events_max == 0 || pg.query_pool_size == 0 {
+            return bad(
+                "postgres.batch_events_max and postgres.query_pool_size must be at least 1".into(),
+            );
         }
         if l.idle_timeout_secs == 0 {
             return bad("limits.idle_timeout_secs must be at least 1".into());

@@ -7,6 +7,7 @@
 //! - [`log`]: the durable sled log; the only module that imports sled. Group commit.
 //! - [`ingest`]: the TCP (NDJSON) and HTTP edges and their shared admission control.
 //! - [`metrics`]: Prometheus names, buckets and the `/metrics` endpoint.
+//! - [`projection`]: views of the log; [`projection::postgres`] tails it into PostgreSQL.
 //! - [`serve`]: wires everything together; signals and graceful shutdown.
 //! - [`verify`]: walks the log chain and names the first bad `seq`.
 //! - [`send`]: the client that pushes NDJSON to a running `serve`.
@@ -24,6 +25,7 @@ pub mod ingest;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod projection;
 pub mod send;
 pub mod serve;
 pub mod verify;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kubechat_audit::config::Config;
 use kubechat_audit::log::Log;
+use kubechat_audit::projection::postgres as pg;
 use kubechat_audit::serve::{self, Ended};
 use kubechat_audit::verify::{self, VerifyError};
 
@@ -59,6 +60,29 @@ enum Command {
         tcp_addr: Option<SocketAddr>,
         #[arg(long)]
         metrics_addr: Option<SocketAddr>,
+        /// PostgreSQL to project into (switches the projection and the query API on).
+        #[arg(long, env = "KUBECHAT_AUDIT_POSTGRES_URL")]
+        postgres_url: Option<String>,
+    },
+    /// Apply the PostgreSQL migrations (serve also applies them on start).
+    Migrate {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long, env = "KUBECHAT_AUDIT_POSTGRES_URL")]
+        postgres_url: Option<String>,
+    },
+    /// Rebuild projections from the log (serve must not be running on the data directory).
+    Replay {
+        #[command(flatten)]
+        at: Where,
+        /// Which projection: postgres, or all.
+        #[arg(long, value_parser = ["postgres", "all"])]
+        projection: String,
+        #[arg(long, env = "KUBECHAT_AUDIT_POSTGRES_URL")]
+        postgres_url: Option<String>,
+        /// Empty the projection tables first (needs the owner role; clears every chain's rows).
+        #[arg(long)]
+        truncate: bool,
     },
     /// Verify the whole log chain.
     Verify {
@@ -67,6 +91,9 @@ enum Command {
         /// Extra HMAC key files (besides those in the keys directory).
         #[arg(long = "hmac-key")]
         hmac_keys: Vec<PathBuf>,
+        /// Also verify the PostgreSQL projection's rows against the chain and the log.
+        #[arg(long, env = "KUBECHAT_AUDIT_POSTGRES_URL")]
+        postgres_url: Option<String>,
     },
     /// Print every rejected input, with its reason, as NDJSON.
     DeadLetters {
@@ -120,8 +147,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             http_addr,
             tcp_addr,
             metrics_addr,
+            postgres_url,
         } => {
             let mut cfg = at.load()?;
+            if postgres_url.is_some() {
+                cfg.postgres.url = postgres_url;
+            }
             if let Some(a) = http_addr {
                 cfg.listen.http_addr = a;
             }
@@ -139,28 +170,118 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Verify { at, hmac_keys } => {
+        Command::Verify {
+            at,
+            hmac_keys,
+            postgres_url,
+        } => {
             let cfg = at.load()?;
-            match verify::verify_log(&cfg.log_dir(), &cfg.keys_dir(), &hmac_keys) {
-                Ok(head) => {
-                    println!(
-                        "ok: {} events, head seq {}, head checksum {}",
-                        head.count,
-                        head.seq,
-                        hex::encode(head.checksum)
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
+            let head = match verify::verify_log(&cfg.log_dir(), &cfg.keys_dir(), &hmac_keys) {
+                Ok(head) => head,
                 Err(
                     e @ (VerifyError::Fault(_)
                     | VerifyError::Truncated { .. }
                     | VerifyError::Unreadable(..)),
                 ) => {
                     println!("FAILED: {e}");
-                    Ok(ExitCode::from(1))
+                    return Ok(ExitCode::from(1));
                 }
-                Err(e) => Err(e.into()),
-            }
+                Err(e) => return Err(e.into()),
+            };
+            println!(
+                "ok: {} events, head seq {}, head checksum {}",
+                head.count,
+                head.seq,
+                hex::encode(head.checksum)
+            );
+            let Some(url) = postgres_url.or(cfg.postgres.url.clone()) else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let ring = kubechat_audit::keys::key_ring(&cfg.keys_dir(), &hmac_keys)?;
+            let log = Log::open_existing(&cfg.log_dir())?;
+            let chain_id = log
+                .recover(|| unreachable!("an existing log has a chain id"))?
+                .chain_id;
+            let connector = pg::Connector::new(&url, &cfg.postgres)?;
+            runtime()?.block_on(async {
+                let client = connector.connect().await?;
+                match pg::verify::verify_rows(&client, &log, &ring, &chain_id).await {
+                    Ok(s) => {
+                        println!(
+                            "ok: postgres chain {chain_id}: {} rows, head seq {}, equal to the log",
+                            s.rows, s.head_seq
+                        );
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(
+                        e @ (pg::verify::PgVerifyError::Pg(_) | pg::verify::PgVerifyError::Log(_)),
+                    ) => Err(e.into()),
+                    Err(e) => {
+                        println!("FAILED: {e}");
+                        Ok(ExitCode::from(1))
+                    }
+                }
+            })
+        }
+        Command::Migrate { at, postgres_url } => {
+            let cfg = at.load()?;
+            let url = postgres_url
+                .or(cfg.postgres.url.clone())
+                .ok_or_else(|| anyhow::anyhow!("--postgres-url (or postgres.url) is required"))?;
+            let connector = pg::Connector::new(&url, &cfg.postgres)?;
+            runtime()?.block_on(async {
+                let mut client = connector.connect().await?;
+                let applied = pg::schema::migrate(&mut client).await?;
+                println!(
+                    "migrations applied: {applied:?} (of {})",
+                    pg::schema::MIGRATIONS.len()
+                );
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Replay {
+            at,
+            projection,
+            postgres_url,
+            truncate,
+        } => {
+            let cfg = at.load()?;
+            debug_assert!(projection == "postgres" || projection == "all");
+            let url = postgres_url
+                .or(cfg.postgres.url.clone())
+                .ok_or_else(|| anyhow::anyhow!("--postgres-url (or postgres.url) is required"))?;
+            let log = Log::open_existing(&cfg.log_dir())?;
+            let chain_id = log
+                .recover(|| unreachable!("an existing log has a chain id"))?
+                .chain_id;
+            let connector = pg::Connector::new(&url, &cfg.postgres)?;
+            runtime()?.block_on(async {
+                let mut client = connector.connect().await?;
+                pg::schema::migrate(&mut client).await?;
+                if truncate {
+                    pg::replay::truncate(&mut client).await?;
+                }
+                let started = std::time::Instant::now();
+                let mut last_print = std::time::Instant::now();
+                let n = pg::replay::replay(
+                    &mut client,
+                    &log,
+                    &chain_id,
+                    cfg.postgres.batch_events_max,
+                    |done, total| {
+                        if last_print.elapsed().as_millis() >= 500 || done == total {
+                            eprintln!("replay postgres: {done} / {total} records");
+                            last_print = std::time::Instant::now();
+                        }
+                    },
+                )
+                .await?;
+                println!(
+                    "replayed {n} records into postgres in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
         }
         Command::DeadLetters { at } => {
             let cfg = at.load()?;

@@ -24,6 +24,13 @@ pub const CHAIN_HEAD_SEQ: &str = "kubechat_audit_chain_head_seq";
 pub const PIPELINE_POISONED: &str = "kubechat_audit_pipeline_poisoned";
 pub const CONNECTIONS_OPEN: &str = "kubechat_audit_connections_open";
 pub const HTTP_OVERLOADED: &str = "kubechat_audit_http_overloaded_total";
+pub const PROJECTION_COMMITTED_SEQ: &str = "kubechat_audit_projection_committed_seq";
+pub const PROJECTION_LAG_EVENTS: &str = "kubechat_audit_projection_lag_events";
+pub const PROJECTION_LAG_SECONDS: &str = "kubechat_audit_projection_lag_seconds";
+pub const PROJECTION_COMMIT_SECONDS: &str = "kubechat_audit_projection_commit_seconds";
+pub const PROJECTION_BATCH_EVENTS: &str = "kubechat_audit_projection_batch_events";
+pub const PROJECTION_RETRIES: &str = "kubechat_audit_projection_retries_total";
+pub const PROJECTION_STATE: &str = "kubechat_audit_projection_state";
 
 const FLUSH_BUCKETS_SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -41,6 +48,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         )?
         .set_buckets_for_metric(
             Matcher::Full(LOG_GROUP_COMMIT_EVENTS.into()),
+            GROUP_COMMIT_BUCKETS_EVENTS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(PROJECTION_COMMIT_SECONDS.into()),
+            FLUSH_BUCKETS_SECONDS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(PROJECTION_BATCH_EVENTS.into()),
             GROUP_COMMIT_BUCKETS_EVENTS,
         )?
         .install_recorder()?;

@@ -19,6 +19,7 @@ use crate::ingest::{http, tcp, Ingest};
 use crate::keys;
 use crate::log::{spawn_writer, Log, LogIds, WriterConfig};
 use crate::metrics as m;
+use crate::projection::postgres::{self as pg, Connector};
 
 /// How `serve` ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,7 +95,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<Ended> {
 
     let ingest = Arc::new(Ingest::new(tx, poison.clone(), cfg.limits.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = http::router(ingest.clone(), None);
+    let connector = match &cfg.postgres.url {
+        Some(url) => Some(Connector::new(url, &cfg.postgres)?),
+        None => None,
+    };
+    let projection = match &connector {
+        Some(c) => Some(pg::spawn(
+            c.clone(),
+            cfg.postgres.clone(),
+            log.clone(),
+            recovered.chain_id.clone(),
+        )?),
+        None => None,
+    };
+    let queries = connector
+        .as_ref()
+        .map(|c| pg::query::routes(c, cfg.postgres.query_pool_size, &recovered.chain_id));
+    let app = http::router(ingest.clone(), queries);
     let tcp_task = tokio::spawn(tcp::serve(
         tcp_listener,
         ingest.clone(),
@@ -130,6 +147,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Ended> {
         }
     });
     let _ = tokio::time::timeout(drain, joined).await;
+    if let Some(p) = projection {
+        // It stops after its current batch; on the next start it resumes from its offset.
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || p.stop()).await {
+            tracing::warn!(error = %e, "the postgres projection had stopped on an error");
+        }
+    }
     let _ = metrics_task.await;
     match poison.reason() {
         Some(reason) => Ok(Ended::Poisoned(reason)),

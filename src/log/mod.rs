@@ -97,6 +97,9 @@ pub struct Log {
     data_file: File,
     failed: AtomicBool,
     failure: std::sync::Mutex<Option<String>>,
+    /// The last durable `seq`, for projections that tail the log.
+    durable_head: std::sync::Mutex<u64>,
+    head_advanced: std::sync::Condvar,
 }
 
 /// A chain's identity and where it stands.
@@ -155,6 +158,8 @@ impl Log {
             data_file,
             failed: AtomicBool::new(false),
             failure: std::sync::Mutex::new(None),
+            durable_head: std::sync::Mutex::new(0),
+            head_advanced: std::sync::Condvar::new(),
         })
     }
 
@@ -216,6 +221,7 @@ impl Log {
             }
             _ => {}
         }
+        self.publish_head(state.next_seq - 1);
         let next_dead_letter_id = match self.db.scan_prefix([P_DEAD]).keys().next_back() {
             Some(k) => {
                 be_u64(&k?[1..]).ok_or_else(|| LogError::Corrupt("bad dead-letter key".into()))? + 1
@@ -361,6 +367,9 @@ impl Log {
         }
         self.db.apply_batch(batch)?;
         stats.bytes = self.durable_flush(durability)?;
+        if let Some((seq, _)) = head {
+            self.publish_head(seq);
+        }
         Ok(stats)
     }
 
@@ -373,6 +382,29 @@ impl Log {
             })?;
         }
         Ok(bytes)
+    }
+
+    fn publish_head(&self, seq: u64) {
+        let mut h = self.durable_head.lock().unwrap_or_else(|e| e.into_inner());
+        if seq > *h {
+            *h = seq;
+            self.head_advanced.notify_all();
+        }
+    }
+
+    /// The last durable `seq` (0 for an empty chain).
+    pub fn durable_head(&self) -> u64 {
+        *self.durable_head.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the durable head passes `seq` or `timeout` elapses; returns the head.
+    pub fn wait_past(&self, seq: u64, timeout: std::time::Duration) -> u64 {
+        let h = self.durable_head.lock().unwrap_or_else(|e| e.into_inner());
+        let (h, _) = self
+            .head_advanced
+            .wait_timeout_while(h, timeout, |h| *h <= seq)
+            .unwrap_or_else(|e| e.into_inner());
+        *h
     }
 
     /// Looks up a producer-supplied `event_id`: its `seq` and checksum.
@@ -462,12 +494,12 @@ impl Log {
         Ok(self.db.get(k)?.and_then(|v| be_u64(&v)))
     }
 
-    /// Records a projection's committed offset durably.
-    pub fn set_offset(&self, projection: &str, seq: u64) -> Result<(), LogError> {
+    /// Mirrors a projection's committed offset into the log, for trimming. Not flushed on its
+    /// own: after a crash the mirror can only lag the projection's own offset, which is safe.
+    pub fn mirror_offset(&self, projection: &str, seq: u64) -> Result<(), LogError> {
         let mut k = vec![P_OFFSETS];
         k.extend_from_slice(projection.as_bytes());
         self.db.insert(k, &seq.to_be_bytes())?;
-        self.durable_flush(Durability::Synced)?;
         Ok(())
     }
 }

@@ -1,0 +1,51 @@
+//! Projections: views of the durable log, each tailing it from its own committed offset.
+//!
+//! A projection never receives events from the stages; it reads what the log has made
+//! durable, so an outage of its target costs nothing but lag.
+//!
+//! - [`postgres`]: insert-only PostgreSQL tables for queries and compliance reports.
+
+pub mod postgres;
+
+use std::time::Duration;
+
+/// Exponential backoff for retriable errors: 100 ms doubling up to `max`.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
+    /// The delay before the next attempt.
+    pub fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let steps: Vec<u64> = (0..5).map(|_| b.step().as_millis() as u64).collect();
+        assert_eq!(steps, vec![100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.step(), Duration::from_millis(100));
+    }
+}
