@@ -525,3 +525,99 @@ fn replay_rebuilds_identical_tables() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied: []"));
 }
+
+#[test]
+fn a_permanent_error_stops_the_projection_naming_the_seq_while_ingest_goes_on() {
+    let pg = shared();
+    let db = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with(&data, &["--postgres-url", &db.url], &[]);
+    send_all(&server, &(0..5).map(|n| event(9, n)).collect::<Vec<_>>());
+    wait_until("the projection", Duration::from_secs(30), || {
+        projected(pg, &db.name) == 5
+    });
+    // A rule the database enforces and the pipeline does not know: the row is refused.
+    pg.execute(&db.name, "ALTER TABLE kubechat_audit.audit_events ADD CONSTRAINT no_mallory CHECK (user_id <> 'mallory')")
+        .unwrap();
+    let mut bad = event(9, 5);
+    bad["user_id"] = json!("mallory");
+    let mut batch = vec![bad];
+    batch.extend((6..10).map(|n| event(9, n)));
+    let seqs = send_all(&server, &batch);
+    assert_eq!(seqs, vec![6, 7, 8, 9, 10], "ingest keeps acknowledging");
+    wait_until("the failed state", Duration::from_secs(30), || {
+        server
+            .metrics_text()
+            .contains("kubechat_audit_projection_state{projection=\"postgres\",state=\"failed\"} 1")
+    });
+    assert!(
+        server.stderr_text().contains("seq 6"),
+        "the error names the seq: {}",
+        server.stderr_text()
+    );
+    assert_eq!(
+        projected(pg, &db.name),
+        5,
+        "nothing after the refused row was skipped over"
+    );
+    assert_eq!(send_all(&server, &[event(9, 10)]), vec![11]);
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn several_chains_share_one_database_and_verify_on_their_own() {
+    let pg = shared();
+    let db = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chains = Vec::new();
+    let servers: Vec<(Server, std::path::PathBuf)> = (0..2)
+        .map(|i| {
+            let data = dir.path().join(format!("data-{i}"));
+            (
+                Server::start_with(&data, &["--postgres-url", &db.url], &[]),
+                data,
+            )
+        })
+        .collect();
+    for (i, (s, _)) in servers.iter().enumerate() {
+        send_all(
+            s,
+            &(0..30)
+                .map(|n| session_event(n + 100 * i as u64))
+                .collect::<Vec<_>>(),
+        );
+        chains.push(s.chain_id.clone());
+    }
+    assert_ne!(chains[0], chains[1]);
+    wait_until("both chains projected", Duration::from_secs(30), || {
+        count(
+            pg,
+            &db.name,
+            "SELECT count(*) FROM kubechat_audit.projection_offsets WHERE seq = 30",
+        ) == 2
+    });
+    for (s, data) in servers {
+        assert!(s.terminate().success());
+        let out = cli(&[
+            "verify",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--postgres-url",
+            &db.url,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(
+        count(
+            pg,
+            &db.name,
+            "SELECT count(*) FROM kubechat_audit.audit_events"
+        ),
+        60
+    );
+}

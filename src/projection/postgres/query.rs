@@ -263,3 +263,31 @@ pub fn row_json(r: &EventRow) -> Value {
     put("checksum", r.checksum.clone().into());
     Value::Object(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PARAMS;
+
+    /// The OpenAPI document names every route and query parameter the code serves.
+    #[test]
+    fn openapi_documents_every_route_and_parameter() {
+        let doc = include_str!("../../../schemas/openapi.yaml");
+        for path in [
+            "/v1/events:",
+            "/v1/sessions/{session_id}/events:",
+            "/healthz:",
+            "/readyz:",
+        ] {
+            assert!(doc.contains(path), "openapi.yaml lacks {path}");
+        }
+        for p in PARAMS {
+            assert!(
+                doc.contains(&format!("name: {p},")),
+                "openapi.yaml lacks the query parameter {p}"
+            );
+        }
+        for status in ["\"200\"", "\"400\"", "\"413\"", "\"422\"", "\"503\""] {
+            assert!(doc.contains(status), "openapi.yaml lacks status {status}");
+        }
+    }
+}
