@@ -5,7 +5,17 @@
 //!   hmac-<key_id>.key                 mode 0600, 64 hex digits (32 secret bytes) and a newline
 //! ```
 //!
-//! Key ids are `<yyyymmdd>-<6 hex>`, so the newest key sorts last. A record names the key
+//!   ed25519-<key_id>.key              mode 0600, the 32-byte Ed25519 seed in hex: signs archive
+//!                                     manifests
+//!   ed25519-<key_id>.pub              the public key, as JSON (what `keys public` prints):
+//!                                     {"algorithm":"ed25519","key_id":"…","public_key":"<64 hex>"}
+//! ```
+//!
+//! An Ed25519 key id is the first 16 hex digits of the SHA-256 of the public key, so a
+//! manifest names exactly the key that signed it.
+//!
+//! ```text
+//! HMAC key ids are `<yyyymmdd>-<6 hex>`, so the newest key sorts last. A record names the key
 //! that sealed it, so adding a key and making it active rotates without breaking `verify`,
 //! which loads every key in the directory. Secrets are never logged or printed.
 
@@ -160,6 +170,118 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// The archive signing key.
+pub struct SigningKey {
+    pub key_id: String,
+    pub key: ed25519_dalek::SigningKey,
+}
+
+/// A public key that verifies archive manifests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    pub key_id: String,
+    pub key: ed25519_dalek::VerifyingKey,
+}
+
+/// The key id of an Ed25519 public key.
+pub fn ed25519_key_id(public: &ed25519_dalek::VerifyingKey) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(public.as_bytes())[..8])
+}
+
+impl PublicKey {
+    /// The JSON form written to `ed25519-<key_id>.pub` and printed by `keys public`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({"algorithm": "ed25519", "key_id": self.key_id, "public_key": hex::encode(self.key.as_bytes())}).to_string()
+    }
+
+    /// Reads a public key file (the JSON form, or 64 hex digits alone).
+    pub fn read(path: &Path) -> Result<PublicKey, KeyError> {
+        let text = fs::read_to_string(path).map_err(io(path))?;
+        let hex_text = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => v["public_key"].as_str().map(str::to_owned).ok_or_else(|| KeyError::Format(path.to_owned()))?,
+            Err(_) => text.trim().to_owned(),
+        };
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_text.trim(), &mut bytes).map_err(|_| KeyError::Format(path.to_owned()))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Format(path.to_owned()))?;
+        Ok(PublicKey {
+            key_id: ed25519_key_id(&key),
+            key,
+        })
+    }
+}
+
+impl SigningKey {
+    pub fn public(&self) -> PublicKey {
+        let key = self.key.verifying_key();
+        PublicKey {
+            key_id: self.key_id.clone(),
+            key,
+        }
+    }
+}
+
+/// The archive signing key in `dir`: the newest one, or a new one.
+pub fn signing_key(dir: &Path) -> Result<SigningKey, KeyError> {
+    let mut found = Vec::new();
+    if dir.exists() {
+        for entry in fs::read_dir(dir).map_err(io(dir))? {
+            let path = entry.map_err(io(dir))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with("ed25519-") && name.ends_with(".key") {
+                let modified = fs::metadata(&path).and_then(|m| m.modified()).map_err(io(&path))?;
+                found.push((modified, path));
+            }
+        }
+    }
+    found.sort();
+    if let Some((_, path)) = found.pop() {
+        let meta = fs::metadata(&path).map_err(io(&path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Mode { path, mode });
+        }
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| KeyError::Format(path.clone()))?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        return Ok(SigningKey {
+            key_id: ed25519_key_id(&key.verifying_key()),
+            key,
+        });
+    }
+    ensure_private_dir(dir)?;
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let signing = SigningKey {
+        key_id: ed25519_key_id(&key.verifying_key()),
+        key,
+    };
+    write_private(&dir.join(format!("ed25519-{}.key", signing.key_id)), format!("{}\n", hex::encode(seed)).as_bytes())?;
+    let pub_path = dir.join(format!("ed25519-{}.pub", signing.key_id));
+    write_private(&pub_path, format!("{}\n", signing.public().to_json()).as_bytes())?;
+    fs::set_permissions(&pub_path, fs::Permissions::from_mode(0o644)).map_err(io(&pub_path))?;
+    Ok(signing)
+}
+
+/// Every archive public key in `dir` (for `verify` of a data directory).
+pub fn public_keys(dir: &Path) -> Result<Vec<PublicKey>, KeyError> {
+    let mut keys = Vec::new();
+    if !dir.exists() {
+        return Ok(keys);
+    }
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("ed25519-") && name.ends_with(".pub") {
+            keys.push(PublicKey::read(&path)?);
+        }
+    }
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +305,17 @@ mod tests {
         );
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(read_hmac_key(&file), Err(KeyError::Mode { .. })));
+    }
+
+    #[test]
+    fn signing_keys_persist_and_their_public_half_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = signing_key(dir.path()).unwrap();
+        let b = signing_key(dir.path()).unwrap();
+        assert_eq!(a.key_id, b.key_id);
+        let pubs = public_keys(dir.path()).unwrap();
+        assert_eq!(pubs, vec![a.public()]);
+        let private = dir.path().join(format!("ed25519-{}.key", a.key_id));
+        assert_eq!(fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

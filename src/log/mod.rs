@@ -47,6 +47,10 @@ const _: () = assert!(
         < SLED_SEGMENT_BYTES / 4
 );
 
+/// sled's page cache. sled's own default (1 GiB) is sized for a database, not a log that
+/// is read mostly at its tail.
+pub const SLED_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
 const META_CHAIN_ID: &[u8] = b"mchain_id";
 const META_HEAD: &[u8] = b"mhead";
 const P_RECORDS: u8 = b'r';
@@ -131,6 +135,7 @@ impl Log {
         let db = sled::Config::new()
             .path(dir)
             .segment_size(SLED_SEGMENT_BYTES)
+            .cache_capacity(SLED_CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()
