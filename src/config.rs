@@ -24,6 +24,7 @@ pub struct Config {
     pub log: LogConfig,
     pub keys: Keys,
     pub postgres: crate::projection::postgres::PostgresConfig,
+    pub archive: crate::projection::archive::ArchiveConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -73,6 +74,11 @@ pub struct LogConfig {
     pub group_commit_events_max: usize,
     /// `synced` (flush plus fdatasync; survives power loss) or `flushed`.
     pub durability: Durability,
+    /// Drop records once archived and projected (needs the archive).
+    pub trim: bool,
+    /// Records kept in the log below the lowest committed offset (the idempotence window
+    /// for retries also ends here).
+    pub trim_safety_events: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
@@ -94,6 +100,7 @@ impl Default for Config {
             log: LogConfig::default(),
             keys: Keys::default(),
             postgres: Default::default(),
+            archive: Default::default(),
         }
     }
 }
@@ -139,6 +146,8 @@ impl Default for LogConfig {
         LogConfig {
             group_commit_events_max: 8192,
             durability: Durability::Synced,
+            trim: true,
+            trim_safety_events: 100_000,
         }
     }
 }
@@ -178,6 +187,13 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+
+    pub fn archive_dir(&self) -> PathBuf {
+        self.archive
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("archive"))
     }
 
     pub fn log_dir(&self) -> PathBuf {
@@ -242,6 +258,14 @@ impl Config {
                 "limits.inflight_requests_max ({}) must not exceed pipeline.validate_capacity ({})",
                 l.inflight_requests_max, p.validate_capacity
             ));
+        }
+        let a = &self.archive;
+        if a.segment_bytes_max == 0 || a.batch_events_max == 0 || !(1..=19).contains(&a.zstd_level)
+        {
+            return bad("archive.segment_bytes_max and archive.batch_events_max must be at least 1, archive.zstd_level 1..=19".into());
+        }
+        if self.log.trim && !a.enabled {
+            return bad("log.trim needs the archive (archive.enabled = true): the log is trimmed only below sealed segments".into());
         }
         let pg = &self.postgres;
         if pg.batch_events_max == 0 || pg.query_pool_size == 0 {

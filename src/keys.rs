@@ -199,12 +199,17 @@ impl PublicKey {
     pub fn read(path: &Path) -> Result<PublicKey, KeyError> {
         let text = fs::read_to_string(path).map_err(io(path))?;
         let hex_text = match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(v) => v["public_key"].as_str().map(str::to_owned).ok_or_else(|| KeyError::Format(path.to_owned()))?,
+            Ok(v) => v["public_key"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| KeyError::Format(path.to_owned()))?,
             Err(_) => text.trim().to_owned(),
         };
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex_text.trim(), &mut bytes).map_err(|_| KeyError::Format(path.to_owned()))?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Format(path.to_owned()))?;
+        hex::decode_to_slice(hex_text.trim(), &mut bytes)
+            .map_err(|_| KeyError::Format(path.to_owned()))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| KeyError::Format(path.to_owned()))?;
         Ok(PublicKey {
             key_id: ed25519_key_id(&key),
             key,
@@ -228,9 +233,14 @@ pub fn signing_key(dir: &Path) -> Result<SigningKey, KeyError> {
     if dir.exists() {
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let path = entry.map_err(io(dir))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if name.starts_with("ed25519-") && name.ends_with(".key") {
-                let modified = fs::metadata(&path).and_then(|m| m.modified()).map_err(io(&path))?;
+                let modified = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .map_err(io(&path))?;
                 found.push((modified, path));
             }
         }
@@ -259,9 +269,15 @@ pub fn signing_key(dir: &Path) -> Result<SigningKey, KeyError> {
         key_id: ed25519_key_id(&key.verifying_key()),
         key,
     };
-    write_private(&dir.join(format!("ed25519-{}.key", signing.key_id)), format!("{}\n", hex::encode(seed)).as_bytes())?;
+    write_private(
+        &dir.join(format!("ed25519-{}.key", signing.key_id)),
+        format!("{}\n", hex::encode(seed)).as_bytes(),
+    )?;
     let pub_path = dir.join(format!("ed25519-{}.pub", signing.key_id));
-    write_private(&pub_path, format!("{}\n", signing.public().to_json()).as_bytes())?;
+    write_private(
+        &pub_path,
+        format!("{}\n", signing.public().to_json()).as_bytes(),
+    )?;
     fs::set_permissions(&pub_path, fs::Permissions::from_mode(0o644)).map_err(io(&pub_path))?;
     Ok(signing)
 }
@@ -274,7 +290,10 @@ pub fn public_keys(dir: &Path) -> Result<Vec<PublicKey>, KeyError> {
     }
     for entry in fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.starts_with("ed25519-") && name.ends_with(".pub") {
             keys.push(PublicKey::read(&path)?);
         }
@@ -316,6 +335,9 @@ mod tests {
         let pubs = public_keys(dir.path()).unwrap();
         assert_eq!(pubs, vec![a.public()]);
         let private = dir.path().join(format!("ed25519-{}.key", a.key_id));
-        assert_eq!(fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

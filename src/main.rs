@@ -10,9 +10,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kubechat_audit::config::Config;
 use kubechat_audit::log::Log;
+use kubechat_audit::projection::archive;
 use kubechat_audit::projection::postgres as pg;
 use kubechat_audit::serve::{self, Ended};
-use kubechat_audit::verify::{self, VerifyError};
+use kubechat_audit::verify;
 
 #[derive(Parser)]
 #[command(
@@ -63,7 +64,16 @@ enum Command {
         /// PostgreSQL to project into (switches the projection and the query API on).
         #[arg(long, env = "KUBECHAT_AUDIT_POSTGRES_URL")]
         postgres_url: Option<String>,
+        /// Where sealed archive segments go (default: <data-dir>/archive).
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
     },
+    /// Work with archives offline: verify them, export a window.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+    /// Key management.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Apply the PostgreSQL migrations (serve also applies them on start).
     Migrate {
         #[command(flatten)]
@@ -116,6 +126,43 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Verify a directory of sealed segments with the public key alone (no network, no secret).
+    Verify {
+        dir: PathBuf,
+        /// The archive signing public key (`kubechat-audit keys public` prints it).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Also recompute every record checksum with this HMAC key file.
+        #[arg(long = "hmac-key")]
+        hmac_keys: Vec<PathBuf>,
+    },
+    /// Print the records of a time window (producer timestamp) as NDJSON.
+    Export {
+        dir: PathBuf,
+        /// RFC 3339, inclusive.
+        #[arg(long)]
+        from: String,
+        /// RFC 3339, exclusive.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the archive signing public key (creating the key pair if there is none).
+    Public {
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -148,10 +195,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tcp_addr,
             metrics_addr,
             postgres_url,
+            archive_dir,
         } => {
             let mut cfg = at.load()?;
             if postgres_url.is_some() {
                 cfg.postgres.url = postgres_url;
+            }
+            if archive_dir.is_some() {
+                cfg.archive.dir = archive_dir;
             }
             if let Some(a) = http_addr {
                 cfg.listen.http_addr = a;
@@ -176,23 +227,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             postgres_url,
         } => {
             let cfg = at.load()?;
-            let head = match verify::verify_log(&cfg.log_dir(), &cfg.keys_dir(), &hmac_keys) {
-                Ok(head) => head,
-                Err(
-                    e @ (VerifyError::Fault(_)
-                    | VerifyError::Truncated { .. }
-                    | VerifyError::Unreadable(..)),
-                ) => {
+            let report = match verify::verify_data_dir(
+                &cfg.log_dir(),
+                &cfg.archive_dir(),
+                &cfg.keys_dir(),
+                &hmac_keys,
+            ) {
+                Ok(r) => r,
+                Err(e) if e.is_fault() => {
                     println!("FAILED: {e}");
                     return Ok(ExitCode::from(1));
                 }
                 Err(e) => return Err(e.into()),
             };
+            let archived = if report.archive.segments > 0 {
+                format!(
+                    " ({} in {} archive segments through seq {}, {} in the log)",
+                    report.archive.count,
+                    report.archive.segments,
+                    report.archive.last_seq,
+                    report.log_records
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "ok: {} events, head seq {}, head checksum {}",
-                head.count,
-                head.seq,
-                hex::encode(head.checksum)
+                "ok: {} events, head seq {}, head checksum {}{archived}",
+                report.head_seq,
+                report.head_seq,
+                hex::encode(report.head_checksum)
             );
             let Some(url) = postgres_url.or(cfg.postgres.url.clone()) else {
                 return Ok(ExitCode::SUCCESS);
@@ -222,6 +285,88 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             })
+        }
+        Command::Archive(ArchiveCommand::Verify {
+            dir,
+            public_key,
+            hmac_keys,
+        }) => {
+            let trusted = kubechat_audit::keys::PublicKey::read(&public_key)?;
+            let ring = if hmac_keys.is_empty() {
+                None
+            } else {
+                let keys: Vec<_> = hmac_keys
+                    .iter()
+                    .map(|p| kubechat_audit::keys::read_hmac_key(p))
+                    .collect::<Result<_, _>>()?;
+                Some(kubechat_audit_pipeline::chain::KeyRing::new(keys))
+            };
+            let started = std::time::Instant::now();
+            let mut last = std::time::Instant::now();
+            let result = archive::verify::verify_dir(
+                &dir,
+                &[trusted],
+                ring.as_ref(),
+                |done, total, records| {
+                    if last.elapsed().as_secs() >= 2 {
+                        eprintln!("archive verify: {done} / {total} segments, {records} records");
+                        last = std::time::Instant::now();
+                    }
+                },
+            );
+            match result {
+                Ok(h) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    println!(
+                        "ok: {} segments, {} records, seq 1..={}, last checksum {}{} ({:.0} records/s)",
+                        h.segments,
+                        h.count,
+                        h.last_seq,
+                        hex::encode(h.last_checksum),
+                        if ring.is_some() { ", every checksum recomputed" } else { "" },
+                        h.count as f64 / secs.max(1e-9)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e @ archive::verify::ArchiveFault::Archive(_)) => Err(e.into()),
+                Err(e) => {
+                    println!("FAILED: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Archive(ArchiveCommand::Export {
+            dir,
+            from,
+            to,
+            user,
+            event_type,
+        }) => {
+            let parse = |name: &str, t: &str| {
+                kubechat_audit_pipeline::event::parse_timestamp(t)
+                    .map_err(|e| anyhow::anyhow!("--{name}: {e}"))
+            };
+            let filter = archive::export::Filter {
+                from_unix_ns: parse("from", &from)?,
+                to_unix_ns: parse("to", &to)?,
+                user_id: user,
+                event_type,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let n =
+                archive::export::export(&dir, &filter, &mut out).map_err(|e| anyhow::anyhow!(e))?;
+            eprintln!("exported {n} records");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Public { at }) => {
+            let cfg = at.load()?;
+            println!(
+                "{}",
+                kubechat_audit::keys::signing_key(&cfg.keys_dir())?
+                    .public()
+                    .to_json()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { at, postgres_url } => {
             let cfg = at.load()?;
@@ -266,6 +411,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let n = pg::replay::replay(
                     &mut client,
                     &log,
+                    &cfg.archive_dir(),
                     &chain_id,
                     cfg.postgres.batch_events_max,
                     |done, total| {

@@ -31,6 +31,12 @@ pub const PROJECTION_COMMIT_SECONDS: &str = "kubechat_audit_projection_commit_se
 pub const PROJECTION_BATCH_EVENTS: &str = "kubechat_audit_projection_batch_events";
 pub const PROJECTION_RETRIES: &str = "kubechat_audit_projection_retries_total";
 pub const PROJECTION_STATE: &str = "kubechat_audit_projection_state";
+pub const ARCHIVE_SEGMENTS_SEALED: &str = "kubechat_audit_archive_segments_sealed_total";
+pub const ARCHIVE_RAW_BYTES: &str = "kubechat_audit_archive_raw_bytes_total";
+pub const ARCHIVE_COMPRESSED_BYTES: &str = "kubechat_audit_archive_compressed_bytes_total";
+pub const ARCHIVE_LAG_EVENTS: &str = "kubechat_audit_archive_lag_events";
+pub const LOG_TRIMMED_RECORDS: &str = "kubechat_audit_log_trimmed_records_total";
+pub const LOG_FIRST_SEQ: &str = "kubechat_audit_log_first_seq";
 
 const FLUSH_BUCKETS_SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -19,6 +19,7 @@ use crate::ingest::{http, tcp, Ingest};
 use crate::keys;
 use crate::log::{spawn_writer, Log, LogIds, WriterConfig};
 use crate::metrics as m;
+use crate::projection::archive;
 use crate::projection::postgres::{self as pg, Connector};
 
 /// How `serve` ended.
@@ -106,8 +107,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<Ended> {
             cfg.postgres.clone(),
             log.clone(),
             recovered.chain_id.clone(),
+            cfg.archive_dir(),
         )?),
         None => None,
+    };
+    let archive = if cfg.archive.enabled {
+        let key = keys::signing_key(&cfg.keys_dir())?;
+        let policy = archive::TrimPolicy {
+            enabled: cfg.log.trim,
+            safety_events: cfg.log.trim_safety_events,
+            also_wait_for: if connector.is_some() {
+                vec![pg::write::PROJECTION]
+            } else {
+                Vec::new()
+            },
+        };
+        Some(archive::spawn(
+            cfg.archive.clone(),
+            cfg.archive_dir(),
+            log.clone(),
+            recovered.chain_id.clone(),
+            key,
+            policy,
+        )?)
+    } else {
+        None
     };
     let queries = connector
         .as_ref()
@@ -148,6 +172,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Ended> {
         }
     });
     let _ = tokio::time::timeout(drain, joined).await;
+    if let Some(a) = archive {
+        // Everything acknowledged is in the log now: seal it into a final segment.
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.stop()).await {
+            tracing::warn!(error = %e, "the archive projection had stopped on an error");
+        }
+    }
     if let Some(p) = projection {
         // It stops after its current batch; on the next start it resumes from its offset.
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || p.stop()).await {

@@ -362,7 +362,10 @@ mod tests {
         let mut relinked = good.clone();
         relinked[4].prev_checksum = [1; 32];
         let mut keyless = Verifier::new(None);
-        let res = relinked.into_iter().try_for_each(|r| keyless.push(r)).and_then(|()| keyless.finish().map(drop));
+        let res = relinked
+            .into_iter()
+            .try_for_each(|r| keyless.push(r))
+            .and_then(|()| keyless.finish().map(drop));
         assert_eq!(res, Err(Fault::Broken { seq: 5 }));
 
         let mut last_missing = good.clone();

@@ -313,7 +313,10 @@ fn check_chars(field: &str, s: &str, min: usize, max: usize) -> Result<(), Rejec
     if s.contains('\0') {
         // PostgreSQL text and jsonb cannot hold U+0000; refuse it at the door rather than
         // let a projection fail on it later.
-        return Err(Rejection::new(field, "contains U+0000 (NUL), which is not accepted"));
+        return Err(Rejection::new(
+            field,
+            "contains U+0000 (NUL), which is not accepted",
+        ));
     }
     if n < min {
         return Err(Rejection::new(field, "must not be empty"));
@@ -394,7 +397,10 @@ fn check_container_len(path: &str, len: usize, object: bool) -> Result<(), Rejec
 fn check_metadata_entry(parent: &str, key: &str, v: &Value, depth: usize) -> Result<(), Rejection> {
     let path = format!("{parent}.{key}");
     if key.contains('\0') {
-        return Err(Rejection::new(path, "property name contains U+0000 (NUL), which is not accepted"));
+        return Err(Rejection::new(
+            path,
+            "property name contains U+0000 (NUL), which is not accepted",
+        ));
     }
     let n = key.chars().count();
     if n > METADATA_KEY_CHARS_MAX {

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! key                                  value
-//! 'm' name                             meta: "chain_id" (utf-8), "head" (seq u64be, checksum 32)
+//! 'm' name                             meta: "chain_id" (utf-8), "head" (seq u64be, checksum 32),
+//!                                      "trimmed" (seq u64be, checksum 32): the last record removed
 //! 'r' first_seq:u64be                  a record chunk: record::encode_batch of consecutive records
 //! 'i' event_id:16                      idempotence index: seq u64be (producer-supplied ids only)
 //! 'd' id:u64be                         a dead letter: JSON (stage::DeadLetter::to_json)
@@ -53,6 +54,7 @@ pub const SLED_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 const META_CHAIN_ID: &[u8] = b"mchain_id";
 const META_HEAD: &[u8] = b"mhead";
+const META_TRIMMED: &[u8] = b"mtrimmed";
 const P_RECORDS: u8 = b'r';
 const P_IDS: u8 = b'i';
 const P_DEAD: u8 = b'd';
@@ -218,7 +220,9 @@ impl Log {
                     r.seq
                 )))
             }
-            None if state.next_seq != FIRST_SEQ => {
+            None if state.next_seq != FIRST_SEQ
+                && self.trimmed()?.map(|(s, _)| s) != Some(state.next_seq - 1) =>
+            {
                 return Err(LogError::Corrupt(format!(
                     "the recorded head is seq {} but the log holds no records",
                     state.next_seq - 1
@@ -255,6 +259,74 @@ impl Log {
                 v.len()
             ))),
         }
+    }
+
+    fn seq_and_checksum(&self, key: &[u8]) -> Result<Option<(u64, [u8; 32])>, LogError> {
+        match self.db.get(key)? {
+            None => Ok(None),
+            Some(v) if v.len() == 40 => {
+                let seq = be_u64(&v[..8]).expect("8 bytes");
+                let mut c = [0u8; 32];
+                c.copy_from_slice(&v[8..]);
+                Ok(Some((seq, c)))
+            }
+            Some(v) => Err(LogError::Corrupt(format!(
+                "meta value has {} bytes, expected 40",
+                v.len()
+            ))),
+        }
+    }
+
+    /// The last record trimmed from the log, `(seq, checksum)`: the log holds `seq + 1` on.
+    pub fn trimmed(&self) -> Result<Option<(u64, [u8; 32])>, LogError> {
+        self.seq_and_checksum(META_TRIMMED)
+    }
+
+    /// The first `seq` the log can still hand out.
+    pub fn first_seq(&self) -> Result<u64, LogError> {
+        Ok(self.trimmed()?.map(|(s, _)| s + 1).unwrap_or(FIRST_SEQ))
+    }
+
+    /// Removes whole record chunks whose records are all at or below `seq`, with their
+    /// idempotence entries, and records the new trim point. Returns the records removed.
+    pub fn trim_through(&self, seq: u64) -> Result<u64, LogError> {
+        let mut batch = sled::Batch::default();
+        let mut last: Option<(u64, [u8; 32])> = None;
+        let mut removed = 0u64;
+        for kv in self.db.scan_prefix([P_RECORDS]) {
+            let (k, v) = kv?;
+            let key = be_u64(&k[1..]).unwrap_or(0);
+            let recs = decode_batch(&v).map_err(|source| LogError::Decode { key, source })?;
+            match recs.last() {
+                Some(r) if r.seq <= seq => {
+                    for r in &recs {
+                        if let Ok(doc) = kubechat_audit_pipeline::record::RecordDoc::parse(&r.body)
+                        {
+                            let idk = id_key(&doc.event_id);
+                            if self.db.get(idk)?.is_some_and(|v| be_u64(&v) == Some(r.seq)) {
+                                batch.remove(&idk[..]);
+                            }
+                        }
+                    }
+                    removed += recs.len() as u64;
+                    last = Some((r.seq, r.checksum));
+                    batch.remove(k);
+                }
+                _ => break,
+            }
+            if removed >= 65_536 {
+                break;
+            }
+        }
+        if let Some((s, c)) = last {
+            let mut v = [0u8; 40];
+            v[..8].copy_from_slice(&s.to_be_bytes());
+            v[8..].copy_from_slice(&c);
+            batch.insert(META_TRIMMED, &v[..]);
+            self.db.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(removed)
     }
 
     fn last_record(&self) -> Result<Option<StoredRecord>, LogError> {

@@ -4,7 +4,9 @@
 //! durable, so an outage of its target costs nothing but lag.
 //!
 //! - [`postgres`]: insert-only PostgreSQL tables for queries and compliance reports.
+//! - [`archive`]: rolling zstd segments with signed manifests, verifiable offline.
 
+pub mod archive;
 pub mod postgres;
 
 use std::time::Duration;

@@ -96,6 +96,7 @@ pub fn spawn(
     cfg: PostgresConfig,
     log: Arc<Log>,
     chain_id: String,
+    archive_dir: std::path::PathBuf,
 ) -> std::io::Result<Handle> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -104,7 +105,7 @@ pub fn spawn(
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let result = rt.block_on(run(connector, cfg, log, chain_id, flag));
+        let result = rt.block_on(run(connector, cfg, log, chain_id, archive_dir, flag));
         match &result {
             Ok(()) => set_state(State::Stopped),
             Err(e) => {
@@ -122,6 +123,7 @@ async fn run(
     cfg: PostgresConfig,
     log: Arc<Log>,
     chain_id: String,
+    archive_dir: std::path::PathBuf,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_backoff_max_ms));
@@ -194,13 +196,18 @@ async fn run(
                 head
             };
             let upto = head.min(offset as u64 + cfg.batch_events_max as u64);
-            let records: Vec<_> = match log
-                .records_from(offset as u64 + 1)
-                .take_while(|r| r.as_ref().map(|r| r.seq <= upto).unwrap_or(true))
-                .collect::<Result<_, _>>()
-            {
+            // Below the log's trim point (a projection added late), read the archive.
+            let records: Vec<_> = match crate::projection::archive::reader::records_from(
+                &archive_dir,
+                &log,
+                offset as u64 + 1,
+            )
+            .and_then(|it| {
+                it.take_while(|r| r.as_ref().map(|r| r.seq <= upto).unwrap_or(true))
+                    .collect::<Result<Vec<_>, _>>()
+            }) {
                 Ok(r) => r,
-                Err(e) => return Err(format!("reading the log after seq {offset}: {e}")),
+                Err(e) => return Err(format!("reading records after seq {offset}: {e}")),
             };
             let rows = match to_rows(&records, offset) {
                 Ok(r) => r,

@@ -21,6 +21,8 @@ pub enum ReplayError {
     Pg(#[from] tokio_postgres::Error),
     #[error("log: {0}")]
     Log(#[from] crate::log::LogError),
+    #[error("reading records: {0}")]
+    Source(String),
 }
 
 const TABLES: &str = "kubechat_audit.audit_events, kubechat_audit.projection_offsets, kubechat_operational.chat_sessions, kubechat_operational.command_history";
@@ -58,6 +60,7 @@ pub async fn truncate(client: &mut Client) -> Result<(), tokio_postgres::Error> 
 pub async fn replay(
     client: &mut Client,
     log: &Log,
+    archive_dir: &std::path::Path,
     chain_id: &str,
     batch: usize,
     mut progress: impl FnMut(u64, u64),
@@ -79,8 +82,11 @@ pub async fn replay(
     let total = log.durable_head();
     let mut offset = 0i64;
     let mut pending: Vec<StoredRecord> = Vec::with_capacity(batch);
-    for r in log.records_from(1) {
-        pending.push(r?);
+    // Archived records first (the log may be trimmed), then the log.
+    for r in crate::projection::archive::reader::records_from(archive_dir, log, 1)
+        .map_err(ReplayError::Source)?
+    {
+        pending.push(r.map_err(ReplayError::Source)?);
         if pending.len() == batch {
             offset = write_batch(client, chain_id, offset, &to_rows(&pending, offset)?).await?;
             pending.clear();
