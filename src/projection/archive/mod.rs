@@ -238,7 +238,8 @@ fn run(
                 continue;
             }
         }
-        if stopping {
+        // A graceful stop ends only once everything durable is sealed.
+        if stopping && open.is_none() && position >= log.durable_head() {
             return Ok(());
         }
     }
