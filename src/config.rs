@@ -42,6 +42,8 @@ pub struct Limits {
     pub connections_max: usize,
     /// Largest HTTP request body, in bytes.
     pub http_body_bytes_max: usize,
+    /// HTTP body bytes held in memory across all requests at once; past it HTTP answers 503.
+    pub http_bodies_bytes_inflight_max: usize,
     /// Most events in one HTTP request.
     pub http_request_events_max: usize,
     /// Most lines the TCP reader hands the pipeline as one request.
@@ -120,6 +122,7 @@ impl Default for Limits {
         Limits {
             connections_max: 1024,
             http_body_bytes_max: 16 * 1024 * 1024,
+            http_bodies_bytes_inflight_max: 256 * 1024 * 1024,
             http_request_events_max: REQUEST_EVENTS_MAX,
             tcp_request_events_max: 1024,
             tcp_pipelined_requests_max: 8,
@@ -244,6 +247,12 @@ impl Config {
             return bad(format!(
                 "request event limits must not exceed {REQUEST_EVENTS_MAX}"
             ));
+        }
+        if l.http_bodies_bytes_inflight_max < l.http_body_bytes_max {
+            return bad(
+                "limits.http_bodies_bytes_inflight_max must be at least limits.http_body_bytes_max"
+                    .into(),
+            );
         }
         if l.http_body_bytes_max < EVENT_BYTES_MAX {
             return bad(format!(

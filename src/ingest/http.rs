@@ -95,7 +95,26 @@ async fn post_events(
 ) -> Response {
     let limit = ingest.limits.http_body_bytes_max;
     let events_max = ingest.limits.http_request_events_max;
-    let bytes = match to_bytes(body, limit).await {
+    // Memory for the body is reserved before it is read: the declared length, or the limit.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "$",
+            format!("request body is larger than the limit of {limit} bytes"),
+        );
+    }
+    let reserve = declared.unwrap_or(limit);
+    let Some(_body_memory) = ingest.reserve_body(reserve) else {
+        counter!(HTTP_OVERLOADED).increment(1);
+        return unavailable(
+            "too many request bodies in flight; retry after the indicated delay".into(),
+        );
+    };
+    let bytes = match to_bytes(body, reserve.min(limit)).await {
         Ok(b) => b,
         Err(_) => {
             return error(

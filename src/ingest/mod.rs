@@ -42,6 +42,8 @@ pub struct Ingest {
     inflight: Arc<Semaphore>,
     poison: Poison,
     draining: AtomicBool,
+    /// HTTP body memory, in KiB permits.
+    body_kib: Arc<Semaphore>,
     pub limits: Limits,
 }
 
@@ -52,6 +54,9 @@ impl Ingest {
             inflight: Arc::new(Semaphore::new(limits.inflight_requests_max)),
             poison,
             draining: AtomicBool::new(false),
+            body_kib: Arc::new(Semaphore::new(
+                limits.http_bodies_bytes_inflight_max.div_ceil(1024),
+            )),
             limits,
         }
     }
@@ -70,6 +75,12 @@ impl Ingest {
     /// Stops admitting new requests (graceful shutdown).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Reserves memory for an HTTP body of up to `bytes`, if available now.
+    pub fn reserve_body(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).ok()?;
+        self.body_kib.clone().try_acquire_many_owned(kib).ok()
     }
 
     /// Closes the entry: requests already inside are still processed and answered.
