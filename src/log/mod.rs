@@ -26,6 +26,9 @@
 
 mod writer;
 
+#[cfg(test)]
+mod model_test;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
