@@ -175,10 +175,26 @@ fn corpus() -> Corpus {
 
     // Non-object roots.
     // U+0000 cannot be stored by PostgreSQL text or jsonb; it is refused everywhere.
-    c.invalid("NUL in user_id", "user_id", with("user_id", json!("al\u{0}ice")));
-    c.invalid("NUL in kubernetes_command", "kubernetes_command", with("kubernetes_command", json!("kubectl\u{0}")));
-    c.invalid("NUL in a metadata string", "metadata.k", meta(json!({"k": "a\u{0}b"})));
-    c.invalid("NUL in a metadata key", "metadata.a\u{0}b", meta(json!({"a\u{0}b": 1})));
+    c.invalid(
+        "NUL in user_id",
+        "user_id",
+        with("user_id", json!("al\u{0}ice")),
+    );
+    c.invalid(
+        "NUL in kubernetes_command",
+        "kubernetes_command",
+        with("kubernetes_command", json!("kubectl\u{0}")),
+    );
+    c.invalid(
+        "NUL in a metadata string",
+        "metadata.k",
+        meta(json!({"k": "a\u{0}b"})),
+    );
+    c.invalid(
+        "NUL in a metadata key",
+        "metadata.a\u{0}b",
+        meta(json!({"a\u{0}b": 1})),
+    );
     c.invalid("root is an array", "$", json!([base()]));
     c.invalid("root is a string", "$", json!("event"));
     c.invalid("root is a number", "$", json!(1));
