@@ -37,10 +37,10 @@ use kubechat_audit_pipeline::stage::{Input, Outcome};
 use metrics::{counter, gauge};
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::{context, outcome_json, rejection_json, Ingest, NotAdmitted};
+use super::{context, outcome_json, rejection_json, Acceptor, Ingest, NotAdmitted};
 use crate::metrics::{CONNECTIONS_OPEN, HTTP_OVERLOADED};
 
 /// Extra routes (queries) other modules add to the API.
@@ -272,26 +272,10 @@ pub async fn serve(
     ingest: Arc<Ingest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(ingest.limits.connections_max));
+    let acceptor = Acceptor::new(listener, ingest.limits.connections_max, "http");
     let idle = Duration::from_secs(ingest.limits.idle_timeout_secs);
     let graceful = GracefulShutdown::new();
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer, permit)) = acceptor.next(&mut shutdown).await {
         let svc =
             app.clone()
                 .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
@@ -314,6 +298,6 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
+    drop(acceptor);
     graceful.shutdown().await;
 }

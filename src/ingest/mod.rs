@@ -156,6 +156,55 @@ impl Ingest {
     }
 }
 
+/// Accepts connections with a bounded number open at once: a slot is taken before
+/// `accept`, so excess producers wait in the listen backlog. Returns `None` once `shutdown`
+/// turns true. The connection holds its slot until the permit is dropped.
+pub struct Acceptor {
+    listener: tokio::net::TcpListener,
+    slots: Arc<Semaphore>,
+    transport: &'static str,
+}
+
+impl Acceptor {
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        connections_max: usize,
+        transport: &'static str,
+    ) -> Acceptor {
+        Acceptor {
+            listener,
+            slots: Arc::new(Semaphore::new(connections_max)),
+            transport,
+        }
+    }
+
+    pub async fn next(
+        &self,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<(tokio::net::TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
+            _ = shutdown.changed() => return None,
+        };
+        loop {
+            tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some((stream, peer, permit));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause, do not spin.
+                        tracing::warn!(transport = self.transport, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => return None,
+            }
+        }
+    }
+}
+
 /// Stamps a request's context.
 pub fn context(transport: Transport, peer: SocketAddr) -> RequestContext {
     let ns = SystemTime::now()

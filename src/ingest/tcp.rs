@@ -25,9 +25,9 @@ use kubechat_audit_pipeline::stage::Input;
 use metrics::gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
-use super::{context, outcome_json, rejection_json, Ingest, NotAdmitted, Pending};
+use super::{context, outcome_json, rejection_json, Acceptor, Ingest, NotAdmitted, Pending};
 use crate::metrics::CONNECTIONS_OPEN;
 
 /// Accepts connections until `shutdown` turns true, then waits for open ones to finish.
@@ -36,25 +36,9 @@ pub async fn serve(
     ingest: Arc<Ingest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(ingest.limits.connections_max));
+    let acceptor = Acceptor::new(listener, ingest.limits.connections_max, "tcp");
     let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        // Take a connection slot before accepting, so excess producers wait in the backlog.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tcp accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+    while let Some((stream, peer, permit)) = acceptor.next(&mut shutdown).await {
         let ingest = ingest.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -66,7 +50,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
+    drop(acceptor);
     while tasks.join_next().await.is_some() {}
 }
 
@@ -76,7 +60,6 @@ async fn connection(
     ingest: &Ingest,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     let (mut rd, wr) = stream.into_split();
     let limits = ingest.limits.clone();
     let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, Pending)>(limits.tcp_pipelined_requests_max);

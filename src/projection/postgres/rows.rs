@@ -81,6 +81,35 @@ impl EventRow {
         })
     }
 
+    /// The column values, in [`EVENT_COLUMNS`] order, for COPY or INSERT.
+    pub fn values(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 23] {
+        [
+            &self.chain_id,
+            &self.seq,
+            &self.event_id,
+            &self.session_id,
+            &self.user_id,
+            &self.event_type,
+            &self.action,
+            &self.kubernetes_command,
+            &self.success,
+            &self.timestamp,
+            &self.timestamp_text,
+            &self.ip_address,
+            &self.user_agent,
+            &self.metadata,
+            &self.received_at,
+            &self.received_at_unix_ns,
+            &self.source_transport,
+            &self.source_peer,
+            &self.classification,
+            &self.retention_class,
+            &self.key_id,
+            &self.prev_checksum,
+            &self.checksum,
+        ]
+    }
+
     /// Reads a row selected with [`EVENT_COLUMNS`].
     pub fn from_pg(row: &tokio_postgres::Row) -> EventRow {
         EventRow {

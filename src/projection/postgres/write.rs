@@ -4,7 +4,7 @@ use std::pin::pin;
 
 use kubechat_audit_pipeline::record::StoredRecord;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::rows::{sessions, EventRow, EVENT_COLUMNS};
@@ -105,32 +105,7 @@ pub async fn write_batch(
         .await?;
     let mut w = pin!(BinaryCopyInWriter::new(sink, &EVENT_TYPES));
     for r in rows {
-        let values: [&(dyn ToSql + Sync); 23] = [
-            &r.chain_id,
-            &r.seq,
-            &r.event_id,
-            &r.session_id,
-            &r.user_id,
-            &r.event_type,
-            &r.action,
-            &r.kubernetes_command,
-            &r.success,
-            &r.timestamp,
-            &r.timestamp_text,
-            &r.ip_address,
-            &r.user_agent,
-            &r.metadata,
-            &r.received_at,
-            &r.received_at_unix_ns,
-            &r.source_transport,
-            &r.source_peer,
-            &r.classification,
-            &r.retention_class,
-            &r.key_id,
-            &r.prev_checksum,
-            &r.checksum,
-        ];
-        w.as_mut().write(&values).await?;
+        w.as_mut().write(&r.values()).await?;
     }
     w.finish().await?;
 
@@ -239,36 +214,7 @@ pub async fn first_refused(client: &mut Client, rows: &[EventRow]) -> Option<(i6
     );
     for r in rows {
         let tx = client.transaction().await.ok()?;
-        let res = tx
-            .execute(
-                &stmt,
-                &[
-                    &r.chain_id,
-                    &r.seq,
-                    &r.event_id,
-                    &r.session_id,
-                    &r.user_id,
-                    &r.event_type,
-                    &r.action,
-                    &r.kubernetes_command,
-                    &r.success,
-                    &r.timestamp,
-                    &r.timestamp_text,
-                    &r.ip_address,
-                    &r.user_agent,
-                    &r.metadata,
-                    &r.received_at,
-                    &r.received_at_unix_ns,
-                    &r.source_transport,
-                    &r.source_peer,
-                    &r.classification,
-                    &r.retention_class,
-                    &r.key_id,
-                    &r.prev_checksum,
-                    &r.checksum,
-                ],
-            )
-            .await;
+        let res = tx.execute(&stmt, &r.values()).await;
         let _ = tx.rollback().await;
         if let Err(e) = res {
             return Some((
