@@ -131,9 +131,16 @@ enum ArchiveCommand {
     /// Verify a directory of sealed segments with the public key alone (no network, no secret).
     Verify {
         dir: PathBuf,
-        /// The archive signing public key (`kubechat-audit keys public` prints it).
+        /// A trusted archive signing public key (`kubechat-audit keys public` prints them);
+        /// repeat for archives signed across a key change.
+        #[arg(long = "public-key", required = true)]
+        public_keys: Vec<PathBuf>,
+        /// Fail unless the archive ends exactly at this seq (catches newest segments removed).
         #[arg(long)]
-        public_key: PathBuf,
+        expect_last_seq: Option<u64>,
+        /// Accept an archive whose oldest segments were removed by retention.
+        #[arg(long)]
+        pruned_start: bool,
         /// Also recompute every record checksum with this HMAC key file.
         #[arg(long = "hmac-key")]
         hmac_keys: Vec<PathBuf>,
@@ -156,7 +163,7 @@ enum ArchiveCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Print the archive signing public key (creating the key pair if there is none).
+    /// Print the archive signing public keys, one JSON object per line.
     Public {
         #[command(flatten)]
         at: Where,
@@ -288,10 +295,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Archive(ArchiveCommand::Verify {
             dir,
-            public_key,
+            public_keys,
+            expect_last_seq,
+            pruned_start,
             hmac_keys,
         }) => {
-            let trusted = kubechat_audit::keys::PublicKey::read(&public_key)?;
+            if !dir.is_dir() {
+                anyhow::bail!("{} is not a directory", dir.display());
+            }
+            let trusted: Vec<_> = public_keys
+                .iter()
+                .map(|p| kubechat_audit::keys::PublicKey::read(p))
+                .collect::<Result<_, _>>()?;
             let ring = if hmac_keys.is_empty() {
                 None
             } else {
@@ -303,10 +318,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let started = std::time::Instant::now();
             let mut last = std::time::Instant::now();
+            let options = archive::verify::Options { pruned_start };
             let result = archive::verify::verify_dir(
                 &dir,
-                &[trusted],
+                &trusted,
                 ring.as_ref(),
+                options,
                 |done, total, records| {
                     if last.elapsed().as_secs() >= 2 {
                         eprintln!("archive verify: {done} / {total} segments, {records} records");
@@ -315,12 +332,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             );
             match result {
+                Ok(h) if h.segments == 0 => {
+                    println!(
+                        "FAILED: {} holds no sealed segment (no *.manifest.json)",
+                        dir.display()
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                Ok(h) if expect_last_seq.is_some_and(|want| want != h.last_seq) => {
+                    println!(
+                        "FAILED: the archive ends at seq {}, expected seq {} (segments missing at the end?)",
+                        h.last_seq,
+                        expect_last_seq.unwrap_or_default()
+                    );
+                    Ok(ExitCode::from(1))
+                }
                 Ok(h) => {
                     let secs = started.elapsed().as_secs_f64();
                     println!(
-                        "ok: {} segments, {} records, seq 1..={}, last checksum {}{} ({:.0} records/s)",
+                        "ok: {} segments, {} records, seq {}..={}, last checksum {}{} ({:.0} records/s)",
                         h.segments,
                         h.count,
+                        h.last_seq + 1 - h.count,
                         h.last_seq,
                         hex::encode(h.last_checksum),
                         if ring.is_some() { ", every checksum recomputed" } else { "" },
@@ -360,12 +393,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Keys(KeysCommand::Public { at }) => {
             let cfg = at.load()?;
-            println!(
-                "{}",
-                kubechat_audit::keys::signing_key(&cfg.keys_dir())?
-                    .public()
-                    .to_json()
-            );
+            let keys = kubechat_audit::keys::public_keys(&cfg.keys_dir())?;
+            if keys.is_empty() {
+                anyhow::bail!(
+                    "no archive signing key in {} (serve generates one on its first start; is --data-dir right?)",
+                    cfg.keys_dir().display()
+                );
+            }
+            for k in keys {
+                println!("{}", k.to_json());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { at, postgres_url } => {

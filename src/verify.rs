@@ -78,8 +78,14 @@ pub fn verify_data_dir(
         return Err(VerifyError::NoKeys(keys_dir.to_owned()));
     }
     let trusted = keys::public_keys(keys_dir)?;
-    let archive = verify_dir(archive_dir, &trusted, Some(&ring), |_, _, _| {})
-        .map_err(VerifyError::Archive)?;
+    let archive = verify_dir(
+        archive_dir,
+        &trusted,
+        Some(&ring),
+        Default::default(),
+        |_, _, _| {},
+    )
+    .map_err(VerifyError::Archive)?;
     let log = Log::open_existing(log_dir)?;
     let (start, prev) = match log.trimmed()? {
         Some((seq, checksum)) => (seq + 1, checksum),

@@ -335,6 +335,48 @@ fn archive_verify_names_every_kind_of_tampering() {
         Some(0),
         "the untouched archive still verifies: {text}"
     );
+
+    // The newest segment removed: only an expected head can tell.
+    let last = originals.len() - 1;
+    let copy = dir.path().join("copy-newest-removed");
+    copy_dir(&archive, &copy);
+    let newest = copy.join(originals[last].file_name().unwrap());
+    let newest_manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(manifest_of(&newest)).unwrap()).unwrap();
+    std::fs::remove_file(manifest_of(&newest)).unwrap();
+    std::fs::remove_file(&newest).unwrap();
+    let expect = newest_manifest.last_seq.to_string();
+    let (code, text) = archive_verify(&copy, &public, &["--expect-last-seq", &expect]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("expected seq"), "{text}");
+
+    // The oldest segment removed by retention: a fault, unless the start is declared pruned.
+    let copy = dir.path().join("copy-oldest-pruned");
+    copy_dir(&archive, &copy);
+    let oldest = copy.join(originals[0].file_name().unwrap());
+    std::fs::remove_file(manifest_of(&oldest)).unwrap();
+    std::fs::remove_file(&oldest).unwrap();
+    let (code, text) = archive_verify(&copy, &public, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    let (code, text) = archive_verify(&copy, &public, &["--pruned-start"]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // A manifest that is not one, and a directory with nothing sealed.
+    let copy = dir.path().join("copy-garbage-manifest");
+    copy_dir(&archive, &copy);
+    std::fs::write(
+        manifest_of(&copy.join(originals[1].file_name().unwrap())),
+        b"{not json",
+    )
+    .unwrap();
+    let (code, text) = archive_verify(&copy, &public, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not a valid manifest"), "{text}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, text) = archive_verify(&empty, &public, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no sealed segment"), "{text}");
 }
 
 #[test]

@@ -320,10 +320,8 @@ fn fast_record(line: &[u8]) -> Option<StoredRecord> {
     {
         return None;
     }
-    let mut prev_checksum = [0u8; 32];
-    let mut checksum = [0u8; 32];
-    hex::decode_to_slice(&suffix[18..82], &mut prev_checksum).ok()?;
-    hex::decode_to_slice(&suffix[96..160], &mut checksum).ok()?;
+    let prev_checksum = hex32(&suffix[18..82])?;
+    let checksum = hex32(&suffix[96..160])?;
     let mut body = Vec::with_capacity(n - SUFFIX_LEN + 1);
     body.extend_from_slice(&line[..n - SUFFIX_LEN]);
     body.push(b'}');
@@ -337,6 +335,38 @@ fn fast_record(line: &[u8]) -> Option<StoredRecord> {
         checksum,
         body,
     })
+}
+
+/// Decodes 64 lower- or upper-case hex digits (the hot path of archive verification).
+fn hex32(text: &[u8]) -> Option<[u8; 32]> {
+    const fn table() -> [u8; 256] {
+        let mut t = [0xffu8; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    }
+    const HEX: [u8; 256] = table();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+        if (hi | lo) & 0xf0 != 0 {
+            return None;
+        }
+        *o = hi << 4 | lo;
+    }
+    Some(out)
 }
 
 fn slow_record(line: &[u8]) -> Result<StoredRecord, String> {
@@ -488,6 +518,21 @@ mod tests {
         let pretty = serde_json::to_vec_pretty(&v).unwrap();
         assert!(fast_record(&pretty).is_none());
         assert_eq!(record_from_json_line(&pretty).unwrap(), rec);
+    }
+
+    #[test]
+    fn hex32_decodes_both_cases_and_refuses_anything_else() {
+        let bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37)).collect();
+        let lower = hex::encode(&bytes);
+        assert_eq!(hex32(lower.as_bytes()).unwrap().to_vec(), bytes);
+        assert_eq!(
+            hex32(lower.to_uppercase().as_bytes()).unwrap().to_vec(),
+            bytes
+        );
+        let mut bad = lower.into_bytes();
+        bad[7] = b'g';
+        assert!(hex32(&bad).is_none());
+        assert!(hex32(&bad[..62]).is_none());
     }
 
     #[test]

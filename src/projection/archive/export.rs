@@ -23,11 +23,11 @@ pub struct Filter {
 /// Writes every matching record line to `out`; returns how many.
 pub fn export(dir: &Path, filter: &Filter, out: &mut impl Write) -> Result<u64, String> {
     let mut n = 0;
-    for (_, m) in manifests(dir)? {
+    for (_, m) in manifests(dir).map_err(String::from)? {
         let bytes =
             std::fs::read(dir.join(&m.segment)).map_err(|e| format!("{}: {e}", m.segment))?;
         let raw = decompress(&bytes, m.raw_bytes).map_err(|e| format!("{}: {e}", m.segment))?;
-        for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        for line in super::segment::lines(&raw) {
             let doc: View =
                 serde_json::from_slice(line).map_err(|e| format!("{}: {e}", m.segment))?;
             let ts = parse_timestamp(&doc.timestamp)?;

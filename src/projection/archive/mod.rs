@@ -79,7 +79,7 @@ pub struct TrimPolicy {
 
 /// Where the archive stands: the last sealed `seq` and its checksum.
 pub fn sealed_through(dir: &Path) -> Result<(u64, [u8; 32]), String> {
-    match manifests(dir)?.last() {
+    match manifests(dir).map_err(String::from)?.last() {
         None => Ok((0, GENESIS)),
         Some((_, m)) => {
             let mut c = [0u8; 32];
@@ -116,6 +116,7 @@ pub fn spawn(
     trim: TrimPolicy,
 ) -> std::io::Result<Handle> {
     std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750))?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()

@@ -22,7 +22,8 @@ pub fn records_from<'a>(
     if from >= log_first {
         return Ok(Box::new(tail));
     }
-    let segments: Vec<_> = manifests(archive_dir)?
+    let segments: Vec<_> = manifests(archive_dir)
+        .map_err(String::from)?
         .into_iter()
         .filter(|(_, m)| m.last_seq >= from && m.first_seq < log_first)
         .collect();

@@ -7,7 +7,8 @@
 //! manifest is the commit point: a segment without one is an unsealed leftover.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -111,6 +112,8 @@ impl OpenSegment {
         self.file.sync_all()?;
         let seg_name = Manifest::segment_name(self.first_seq, self.last_seq);
         fs::rename(&self.path, dir.join(&seg_name))?;
+        // The segment's name must be durable before the manifest that commits it.
+        File::open(dir)?.sync_all()?;
         let mut m = Manifest {
             format: MANIFEST_FORMAT.into(),
             chain_id: chain_id.into(),
@@ -133,7 +136,12 @@ impl OpenSegment {
         let name = Manifest::file_name(m.first_seq, m.last_seq);
         let tmp = dir.join(format!("{name}.tmp"));
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o640)
+                .open(&tmp)?;
             serde_json::to_writer_pretty(&mut f, &m)?;
             f.write_all(b"\n")?;
             f.sync_all()?;
@@ -170,21 +178,64 @@ pub fn clean(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Every manifest in `dir`, ordered by `first_seq`. A manifest that does not parse is an
-/// error naming its file.
-pub fn manifests(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, String> {
+/// Why the manifests of a directory could not be listed.
+#[derive(Debug)]
+pub enum ListError {
+    /// The directory cannot be read.
+    Io(String),
+    /// A manifest file is not a valid manifest (a fault in the archive).
+    Invalid(String),
+}
+
+impl std::fmt::Display for ListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListError::Io(m) | ListError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<ListError> for String {
+    fn from(e: ListError) -> String {
+        e.to_string()
+    }
+}
+
+/// Every manifest in `dir`, ordered by `first_seq`. A missing directory holds none.
+pub fn manifests(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, ListError> {
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(ListError::Io(format!("{}: {e}", dir.display()))),
     };
     for e in entries {
-        let path = e.map_err(|e| e.to_string())?.path();
-        if path.to_string_lossy().ends_with(".manifest.json") {
-            let text = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let m: Manifest = serde_json::from_slice(&text)
-                .map_err(|e| format!("{}: not a manifest: {e}", path.display()))?;
+        let path = e.map_err(|e| ListError::Io(e.to_string()))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if name.ends_with(".manifest.json") {
+            let text =
+                fs::read(&path).map_err(|e| ListError::Io(format!("{}: {e}", path.display())))?;
+            let m: Manifest = serde_json::from_slice(&text).map_err(|e| {
+                ListError::Invalid(format!("manifest {name}: not a valid manifest: {e}"))
+            })?;
+            if m.format != MANIFEST_FORMAT {
+                return Err(ListError::Invalid(format!(
+                    "manifest {name}: unknown format {:?}",
+                    m.format
+                )));
+            }
+            if name != Manifest::file_name(m.first_seq, m.last_seq)
+                || m.segment != Manifest::segment_name(m.first_seq, m.last_seq)
+            {
+                return Err(ListError::Invalid(format!(
+                    "manifest {name}: its file name or segment name does not match its range seq {}..={}",
+                    m.first_seq, m.last_seq
+                )));
+            }
             out.push((path, m));
         }
     }
@@ -192,26 +243,36 @@ pub fn manifests(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, String> {
     Ok(out)
 }
 
-/// Decompresses a segment, refusing more than `raw_bytes_max` bytes of output.
+/// Decompresses a segment (all its frames) into at most `raw_bytes_max` bytes: the output
+/// buffer is that size and zstd refuses to write past it.
 pub fn decompress(bytes: &[u8], raw_bytes_max: u64) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|e| e.to_string())?;
-    decoder
-        .take(raw_bytes_max + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("does not decompress: {e}"))?;
-    if out.len() as u64 > raw_bytes_max {
-        return Err(format!(
-            "decompresses to more than the {raw_bytes_max} bytes its manifest states"
-        ));
-    }
+    let cap = usize::try_from(raw_bytes_max).map_err(|_| "raw size out of range".to_owned())?;
+    // Not `Decompressor::decompress`: it sizes its buffer by the first frame alone.
+    let mut out = Vec::with_capacity(cap);
+    zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(bytes, &mut out))
+        .map_err(|e| {
+            format!("does not decompress within the {raw_bytes_max} bytes its manifest states: {e}")
+        })?;
     Ok(out)
 }
 
 /// Parses a segment's decompressed lines into records.
 pub fn parse_records(raw: &[u8]) -> impl Iterator<Item = Result<StoredRecord, String>> + '_ {
-    raw.split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
+    lines(raw)
         .enumerate()
         .map(|(i, l)| record_from_json_line(l).map_err(|e| format!("line {}: {e}", i + 1)))
+}
+
+/// The non-empty lines of `raw`.
+pub fn lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', raw)
+        .chain(std::iter::once(raw.len()))
+        .map(move |end| {
+            let line = &raw[start..end];
+            start = end + 1;
+            line
+        })
+        .filter(|l| !l.is_empty())
 }

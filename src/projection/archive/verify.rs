@@ -15,7 +15,7 @@ use kubechat_audit_pipeline::record::format_unix_ns;
 use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
-use super::segment::{decompress, manifests, parse_records};
+use super::segment::{decompress, manifests, parse_records, ListError};
 use crate::keys::PublicKey;
 
 /// What a passing verification covered.
@@ -35,8 +35,20 @@ pub enum ArchiveFault {
     Segment { segment: String, what: String },
     #[error("segment {segment}: {fault}")]
     Record { segment: String, fault: Fault },
+    /// A manifest file that is not a valid manifest.
+    #[error("{0}")]
+    Manifest(String),
+    /// The archive could not be read at all (not a fault in it).
     #[error("archive: {0}")]
     Archive(String),
+}
+
+/// How a verification starts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Accept an archive whose oldest segments were removed by retention: the chain is then
+    /// anchored at the first remaining manifest's `prev_segment_last_checksum`.
+    pub pruned_start: bool,
 }
 
 fn seg_fault(m: &Manifest, what: impl Into<String>) -> ArchiveFault {
@@ -51,9 +63,13 @@ pub fn verify_dir(
     dir: &Path,
     trusted: &[PublicKey],
     ring: Option<&KeyRing>,
+    options: Options,
     mut progress: impl FnMut(u64, u64, u64),
 ) -> Result<ArchiveHead, ArchiveFault> {
-    let all = manifests(dir).map_err(ArchiveFault::Archive)?;
+    let all = manifests(dir).map_err(|e| match e {
+        ListError::Io(m) => ArchiveFault::Archive(m),
+        ListError::Invalid(m) => ArchiveFault::Manifest(m),
+    })?;
     let total = all.len() as u64;
     let mut head = ArchiveHead {
         segments: 0,
@@ -63,6 +79,16 @@ pub fn verify_dir(
     };
     let mut chain_id: Option<String> = None;
     let mut v = Verifier::new(ring);
+    if options.pruned_start {
+        if let Some((_, first)) = all.first() {
+            let mut prev = [0u8; 32];
+            hex::decode_to_slice(&first.prev_segment_last_checksum, &mut prev)
+                .map_err(|e| seg_fault(first, format!("prev_segment_last_checksum: {e}")))?;
+            head.last_seq = first.first_seq - 1;
+            head.last_checksum = prev;
+            v = Verifier::resume(ring, first.first_seq, prev);
+        }
+    }
     // Which segment each verified range came from, to name the segment of a held-back fault.
     let mut ranges: Vec<(u64, u64, String)> = Vec::new();
     let name_of = |ranges: &[(u64, u64, String)], seq: u64| {
