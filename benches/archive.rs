@@ -630,13 +630,27 @@ fn main() {
     );
     let trusted = [public.clone()];
     let (s_pub, head) = measure(reps, true, || {
-        verify_dir(&archive_dir, &trusted, None, |_, _, _| {}).expect("verifies")
+        verify_dir(
+            &archive_dir,
+            &trusted,
+            None,
+            Default::default(),
+            |_, _, _| {},
+        )
+        .expect("verifies")
     });
     assert_eq!(head.count, n as u64);
     row("verify_dir, public key only", &s_pub, n, Some(raw));
     let ring = KeyRing::new([hmac_key.clone()]);
     let (s_hmac, head) = measure(reps, true, || {
-        verify_dir(&archive_dir, &trusted, Some(&ring), |_, _, _| {}).expect("verifies")
+        verify_dir(
+            &archive_dir,
+            &trusted,
+            Some(&ring),
+            Default::default(),
+            |_, _, _| {},
+        )
+        .expect("verifies")
     });
     assert_eq!(head.count, n as u64);
     row("verify_dir, public key + HMAC key", &s_hmac, n, Some(raw));
