@@ -179,6 +179,36 @@ fn events_arrive_exactly_once_with_their_fields_and_derived_tables() {
         60,
         "all events are at 09:00:00.5Z"
     );
+    let (status, _, text) = http_request(
+        server.http,
+        "GET",
+        "/v1/events?from=2026-12-04T00:00:00Z&event_type=auth_event",
+        None,
+        &[],
+    );
+    assert_eq!(status, 200);
+    let empty: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(empty["events"].as_array().unwrap().len(), 0, "{empty}");
+    assert!(empty["next_after_seq"].is_null());
+    let (_, _, text) = http_request(
+        server.http,
+        "GET",
+        "/v1/events?from=2026-12-03T09:00:00Z&limit=7&after_seq=50",
+        None,
+        &[],
+    );
+    let band: Value = serde_json::from_str(&text).unwrap();
+    let seqs: Vec<i64> = band["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![51, 52, 53, 54, 55, 56, 57],
+        "time-range paging by seq"
+    );
     let metrics = server.metrics_text();
     assert!(
         metrics.contains("kubechat_audit_projection_committed_seq{projection=\"postgres\"} 60"),

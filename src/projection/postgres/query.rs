@@ -178,43 +178,57 @@ async fn run(s: &QueryState, q: &HashMap<String, String>, session: Option<Uuid>)
         (_, Err(m)) => return bad("to", m),
     };
 
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> =
-        vec![Box::new(chain_id.clone()), Box::new(after)];
-    let mut conds = vec!["chain_id = $1".to_owned(), "seq > $2".to_owned()];
-    let mut add = |cond: &str, p: Box<dyn ToSql + Sync + Send>| {
-        params.push(p);
-        conds.push(cond.replace('?', &format!("${}", params.len())));
-    };
+    let mut w = Where::default();
+    w.add("chain_id = ?", Box::new(chain_id.clone()));
+    w.add("seq > ?", Box::new(after));
     if let Some(u) = q.get("user_id") {
-        add("user_id = ?", Box::new(u.clone()));
+        w.add("user_id = ?", Box::new(u.clone()));
     }
     if let Some(t) = q.get("event_type") {
-        add("event_type = ?", Box::new(t.clone()));
+        w.add("event_type = ?", Box::new(t.clone()));
     }
     if let Some(sid) = session {
-        add("session_id = ?", Box::new(sid));
+        w.add("session_id = ?", Box::new(sid));
     }
     if let Some(f) = from {
-        add("\"timestamp\" >= ?", Box::new(f));
+        w.add("\"timestamp\" >= ?", Box::new(f));
     }
     if let Some(t) = to {
-        add("\"timestamp\" < ?", Box::new(t));
+        w.add("\"timestamp\" < ?", Box::new(t));
     }
-    params.push(Box::new(limit));
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM kubechat_audit.audit_events WHERE {} ORDER BY seq LIMIT ${}",
-        conds.join(" AND "),
-        params.len()
-    );
     let client = match s.pool.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(e),
     };
-    let refs: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    let rows = match client.query(&sql, &refs).await {
+    // A time range without a user or session filter: the audit_events partitions are by
+    // received_at, so a plain "ORDER BY seq" scan would read every partition to its end.
+    // First find the seq band of the matching rows through (chain_id, timestamp, seq), then
+    // page inside that band by seq.
+    let time_only =
+        (from.is_some() || to.is_some()) && q.get("user_id").is_none() && session.is_none();
+    if time_only {
+        let band_sql = format!(
+            "SELECT min(seq), max(seq) FROM (SELECT seq FROM kubechat_audit.audit_events WHERE {} OFFSET 0) band",
+            w.sql()
+        );
+        let band = match client.query_one(&band_sql, &w.refs()).await {
+            Ok(r) => (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)),
+            Err(e) => return unavailable(e),
+        };
+        let (Some(lo), Some(hi)) = band else {
+            return Json(json!({"chain_id": chain_id, "events": [], "next_after_seq": null}))
+                .into_response();
+        };
+        w.add("seq >= ?", Box::new(lo));
+        w.add("seq <= ?", Box::new(hi));
+    }
+    let where_sql = w.sql();
+    w.params.push(Box::new(limit));
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM kubechat_audit.audit_events WHERE {where_sql} ORDER BY seq LIMIT ${}",
+        w.params.len()
+    );
+    let rows = match client.query(&sql, &w.refs()).await {
         Ok(r) => r,
         Err(e) => return unavailable(e),
     };
@@ -228,6 +242,33 @@ async fn run(s: &QueryState, q: &HashMap<String, String>, session: Option<Uuid>)
         None
     };
     Json(json!({"chain_id": chain_id, "events": events, "next_after_seq": next})).into_response()
+}
+
+/// A WHERE clause built from bind parameters only.
+#[derive(Default)]
+struct Where {
+    conds: Vec<String>,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Where {
+    /// Adds a condition; its `?` becomes the next `$n`.
+    fn add(&mut self, cond: &str, p: Box<dyn ToSql + Sync + Send>) {
+        self.params.push(p);
+        self.conds
+            .push(cond.replace('?', &format!("${}", self.params.len())));
+    }
+
+    fn sql(&self) -> String {
+        self.conds.join(" AND ")
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
 }
 
 /// A row as the record's JSON line form.
