@@ -3,21 +3,17 @@
 //! ```text
 //! <keys dir>/                         mode 0700
 //!   hmac-<key_id>.key                 mode 0600, 64 hex digits (32 secret bytes) and a newline
-//! ```
-//!
 //!   ed25519-<key_id>.key              mode 0600, the 32-byte Ed25519 seed in hex: signs archive
 //!                                     manifests
 //!   ed25519-<key_id>.pub              the public key, as JSON (what `keys public` prints):
 //!                                     {"algorithm":"ed25519","key_id":"…","public_key":"<64 hex>"}
 //! ```
 //!
-//! An Ed25519 key id is the first 16 hex digits of the SHA-256 of the public key, so a
-//! manifest names exactly the key that signed it.
-//!
-//! ```text
 //! HMAC key ids are `<yyyymmdd>-<6 hex>`, so the newest key sorts last. A record names the key
 //! that sealed it, so adding a key and making it active rotates without breaking `verify`,
-//! which loads every key in the directory. Secrets are never logged or printed.
+//! which loads every key in the directory. An Ed25519 key id is the first 16 hex digits of
+//! the SHA-256 of the public key, so a manifest names exactly the key that signed it.
+//! Secrets are never logged or printed.
 
 use std::fs;
 use std::io::Write;
