@@ -40,6 +40,30 @@ use uuid::Uuid;
 
 pub use writer::{spawn_writer, WriterConfig};
 
+/// What the log writer needs of a log: one durable group commit at a time. [`Log`] is the
+/// implementation; the writer's tests use one that fails on demand.
+pub trait Journal: Send + Sync + 'static {
+    /// Writes the items of `groups` as one atomic commit and makes it durable at `durability`
+    /// before returning. An error means nothing of it may be acknowledged, now or later.
+    fn commit(
+        &self,
+        groups: &[&[Sealed]],
+        next_dead_id: &mut u64,
+        durability: Durability,
+    ) -> Result<CommitStats, LogError>;
+}
+
+impl Journal for Log {
+    fn commit(
+        &self,
+        groups: &[&[Sealed]],
+        next_dead_id: &mut u64,
+        durability: Durability,
+    ) -> Result<CommitStats, LogError> {
+        Log::commit(self, groups, next_dead_id, durability)
+    }
+}
+
 /// Largest record chunk written under one key, in bytes.
 pub const RECORD_CHUNK_BYTES_MAX: usize = 32 * 1024;
 /// sled's segment size for new logs. sled stores a tree node bigger than a quarter of a

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use kubechat_audit_pipeline::stage::{Batch, Failure, PanicGuard, Poison, Sealed};
 
-use super::{Durability, Log};
+use super::{Durability, Journal};
 use crate::metrics as m;
 
 /// How the writer groups commits.
@@ -23,8 +23,8 @@ pub struct WriterConfig {
 }
 
 /// Starts the writer thread; it ends when every sender of `rx` is gone and the queue is empty.
-pub fn spawn_writer(
-    log: Arc<Log>,
+pub fn spawn_writer<J: Journal>(
+    log: Arc<J>,
     rx: Receiver<Batch<Sealed>>,
     cfg: WriterConfig,
     mut next_dead_id: u64,
@@ -76,5 +76,106 @@ fn fail_all(group: &mut Vec<Batch<Sealed>>, poison: &Poison) {
     let reason = poison.reason().unwrap_or_else(|| "pipeline failed".into());
     for b in group.drain(..) {
         (b.reply)(Err(Failure(reason.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fault injection at the writer's I/O boundary: after a failed commit nothing is
+    //! acknowledged again, and every request gets an answer.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    use kubechat_audit_pipeline::enrich::{RequestContext, Transport};
+    use kubechat_audit_pipeline::event::Rejection;
+    use kubechat_audit_pipeline::stage::{DeadLetter, Outcome};
+
+    use super::*;
+    use crate::log::{CommitStats, LogError};
+
+    /// Succeeds `ok` times, then fails every commit.
+    struct Flaky {
+        ok: usize,
+        commits: AtomicUsize,
+    }
+
+    impl Journal for Flaky {
+        fn commit(
+            &self,
+            groups: &[&[Sealed]],
+            _: &mut u64,
+            _: Durability,
+        ) -> Result<CommitStats, LogError> {
+            if self.commits.fetch_add(1, Ordering::SeqCst) >= self.ok {
+                return Err(LogError::Setup("injected fsync failure".into()));
+            }
+            Ok(CommitStats {
+                dead_letters: groups.iter().map(|g| g.len()).sum(),
+                ..CommitStats::default()
+            })
+        }
+    }
+
+    fn request(
+        tx: &mpsc::Sender<(usize, Result<Vec<Outcome>, Failure>)>,
+        n: usize,
+    ) -> Batch<Sealed> {
+        let ctx = RequestContext {
+            transport: Transport::Tcp,
+            peer: "127.0.0.1:9".parse().unwrap(),
+            received_at_unix_ns: 0,
+        };
+        let item = Sealed::Rejected(Box::new(DeadLetter {
+            rejection: Rejection::new("$", "x"),
+            raw: Vec::new(),
+            raw_len: 0,
+            transport: Transport::Tcp,
+            peer: ctx.peer,
+            received_at_unix_ns: 0,
+        }));
+        let tx = tx.clone();
+        Batch {
+            ctx,
+            items: vec![item],
+            reply: Box::new(move |r| {
+                let _ = tx.send((n, r));
+            }),
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_poisons_and_nothing_is_acknowledged_after_it() {
+        let journal = Arc::new(Flaky {
+            ok: 2,
+            commits: AtomicUsize::new(0),
+        });
+        let (in_tx, in_rx) = crossbeam_channel::bounded(16);
+        let poison = Poison::default();
+        let cfg = WriterConfig {
+            group_commit_events_max: 1,
+            durability: Durability::Synced,
+        };
+        let writer = spawn_writer(journal, in_rx, cfg, 1, poison.clone()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for n in 0..6 {
+            in_tx.send(request(&tx, n)).unwrap();
+        }
+        drop(in_tx);
+        writer.join().unwrap();
+        let mut answers: Vec<(usize, bool)> = rx.try_iter().map(|(n, r)| (n, r.is_ok())).collect();
+        answers.sort();
+        assert_eq!(
+            answers,
+            vec![
+                (0, true),
+                (1, true),
+                (2, false),
+                (3, false),
+                (4, false),
+                (5, false)
+            ]
+        );
+        assert!(poison.reason().unwrap().contains("injected fsync failure"));
     }
 }
