@@ -651,3 +651,99 @@ fn several_chains_share_one_database_and_verify_on_their_own() {
         60
     );
 }
+
+/// Makes a CA and a server certificate for 127.0.0.1 with the openssl command line tool.
+fn make_certs(dir: &Path) {
+    let run = |args: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd '{}' && openssl {args}", dir.display()))
+            .output()
+            .expect("the openssl command line tool (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=kubechat-test-ca");
+    run("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run("x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext");
+    run("req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.crt -days 2 -subj /CN=someone-else");
+}
+
+#[test]
+fn tls_to_postgres_verifies_the_server_certificate() {
+    let pg = PgServer::start_dedicated();
+    let db = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    for f in ["server.crt", "server.key"] {
+        let dest = pg.data_dir().join(f);
+        std::fs::copy(dir.path().join(f), &dest).unwrap();
+        let _ = std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&dest)
+            .status();
+        std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    pg.execute(&db.name, "ALTER SYSTEM SET ssl = on").unwrap();
+    pg.execute(&db.name, "SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let cfg = dir.path().join("tls.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[postgres]\ntls = \"verify\"\nca_file = \"{}\"\n",
+            dir.path().join("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with(
+        &data,
+        &["--config", cfg.to_str().unwrap(), "--postgres-url", &db.url],
+        &[],
+    );
+    send_all(&server, &(0..5).map(|n| event(21, n)).collect::<Vec<_>>());
+    wait_until("the projection over TLS", Duration::from_secs(30), || {
+        projected(&pg, &db.name) == 5
+    });
+    let ssl = pg
+        .execute(&db.name, "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'kubechat-audit'")
+        .unwrap();
+    assert_eq!(ssl.trim(), "t", "the projection's connections use TLS");
+    assert!(server.terminate().success());
+
+    // A CA that did not sign the server's certificate: no connection, no rows, retrying.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[postgres]\ntls = \"verify\"\nca_file = \"{}\"\n",
+            dir.path().join("other.crt").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &data,
+        &[
+            "--config",
+            other.to_str().unwrap(),
+            "--postgres-url",
+            &db.url,
+        ],
+        &[],
+    );
+    send_all(&server, &[event(21, 5)]);
+    wait_until("the retrying state", Duration::from_secs(30), || {
+        server.metrics_text().contains(
+            "kubechat_audit_projection_state{projection=\"postgres\",state=\"retrying\"} 1",
+        )
+    });
+    assert_eq!(projected(&pg, &db.name), 5);
+    assert!(server.terminate().success());
+}
