@@ -196,6 +196,17 @@ async fn run(s: &QueryState, q: &HashMap<String, String>, session: Option<Uuid>)
     if let Some(t) = to {
         w.add("\"timestamp\" < ?", Box::new(t));
     }
+    // The band statement's conditions: chain, cursor and time only, which the index
+    // (chain_id, "timestamp", seq) answers alone; the other filters apply to the page.
+    let mut band_where = Where::default();
+    band_where.add("chain_id = ?", Box::new(chain_id.clone()));
+    band_where.add("seq > ?", Box::new(after));
+    if let Some(f) = from {
+        band_where.add("\"timestamp\" >= ?", Box::new(f));
+    }
+    if let Some(t) = to {
+        band_where.add("\"timestamp\" < ?", Box::new(t));
+    }
     let client = match s.pool.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(e),
@@ -209,9 +220,9 @@ async fn run(s: &QueryState, q: &HashMap<String, String>, session: Option<Uuid>)
     if time_only {
         let band_sql = format!(
             "SELECT min(seq), max(seq) FROM (SELECT seq FROM kubechat_audit.audit_events WHERE {} OFFSET 0) band",
-            w.sql()
+            band_where.sql()
         );
-        let band = match client.query_one(&band_sql, &w.refs()).await {
+        let band = match client.query_one(&band_sql, &band_where.refs()).await {
             Ok(r) => (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)),
             Err(e) => return unavailable(e),
         };
