@@ -114,6 +114,60 @@ fn describe() {
         HTTP_OVERLOADED,
         "HTTP requests answered 503 because the pipeline was full."
     );
+    describe_gauge!(
+        PROJECTION_COMMITTED_SEQ,
+        "The last seq a projection has committed (archive: sealed)."
+    );
+    describe_gauge!(
+        PROJECTION_LAG_EVENTS,
+        "Durable records the PostgreSQL projection has not committed yet."
+    );
+    describe_gauge!(
+        PROJECTION_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest record the PostgreSQL projection has not committed."
+    );
+    describe_histogram!(
+        PROJECTION_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time to write and commit one projection batch."
+    );
+    describe_histogram!(
+        PROJECTION_BATCH_EVENTS,
+        Unit::Count,
+        "Records per projection batch."
+    );
+    describe_counter!(
+        PROJECTION_RETRIES,
+        "Retries after retriable projection errors."
+    );
+    describe_gauge!(
+        PROJECTION_STATE,
+        "1 for each projection's current state (running, retrying, failed, stopped)."
+    );
+    describe_counter!(
+        ARCHIVE_SEGMENTS_SEALED,
+        "Archive segments sealed (signed manifest written)."
+    );
+    describe_counter!(
+        ARCHIVE_RAW_BYTES,
+        Unit::Bytes,
+        "Record bytes written to archive segments, before compression."
+    );
+    describe_counter!(
+        ARCHIVE_COMPRESSED_BYTES,
+        Unit::Bytes,
+        "Bytes written to archive segment files."
+    );
+    describe_gauge!(
+        ARCHIVE_LAG_EVENTS,
+        "Durable records not yet in a sealed archive segment."
+    );
+    describe_counter!(
+        LOG_TRIMMED_RECORDS,
+        "Records removed from the log after archiving and projection."
+    );
+    describe_gauge!(LOG_FIRST_SEQ, "The first seq the log still holds.");
 }
 
 /// Records one durable group commit.

@@ -49,6 +49,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Ended> {
     let handle = m::install()?;
     gauge!(m::CHAIN_HEAD_SEQ).set((recovered.state.next_seq - 1) as f64);
     gauge!(m::PIPELINE_POISONED).set(0.0);
+    gauge!(m::LOG_FIRST_SEQ).set(log.first_seq()? as f64);
 
     let poison = Poison::default();
     let checksummer = Checksummer::new(

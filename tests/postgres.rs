@@ -747,3 +747,24 @@ fn tls_to_postgres_verifies_the_server_certificate() {
     assert_eq!(projected(&pg, &db.name), 5);
     assert!(server.terminate().success());
 }
+
+#[test]
+fn a_missing_database_fails_the_projection_with_the_servers_words() {
+    let pg = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.superuser_url("no_such_database");
+    let server = Server::start_with(&dir.path().join("data"), &["--postgres-url", &url], &[]);
+    wait_until("the failed state", Duration::from_secs(30), || {
+        server
+            .metrics_text()
+            .contains("kubechat_audit_projection_state{projection=\"postgres\",state=\"failed\"} 1")
+    });
+    assert!(
+        server.stderr_text().contains("does not exist"),
+        "{}",
+        server.stderr_text()
+    );
+    // Ingest is unaffected.
+    assert_eq!(send_all(&server, &[event(30, 0)]), vec![1]);
+    assert!(server.terminate().success());
+}

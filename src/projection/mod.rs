@@ -11,6 +11,43 @@ pub mod postgres;
 
 use std::time::Duration;
 
+use metrics::gauge;
+
+/// A projection's lifecycle, as the `kubechat_audit_projection_state` metric reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Retrying,
+    Failed,
+    Stopped,
+}
+
+impl State {
+    const ALL: [State; 4] = [
+        State::Running,
+        State::Retrying,
+        State::Failed,
+        State::Stopped,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Retrying => "retrying",
+            State::Failed => "failed",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// Sets projection `name`'s state: 1 for the current one, 0 for the others.
+pub fn set_state(name: &'static str, s: State) {
+    for t in State::ALL {
+        gauge!(crate::metrics::PROJECTION_STATE, "projection" => name, "state" => t.as_str())
+            .set(if t == s { 1.0 } else { 0.0 });
+    }
+}
+
 /// Exponential backoff for retriable errors: 100 ms doubling up to `max`.
 #[derive(Debug)]
 pub struct Backoff {

@@ -33,7 +33,7 @@ use self::segment::{clean, manifests, OpenSegment};
 use crate::keys::SigningKey;
 use crate::log::Log;
 use crate::metrics as m;
-use crate::projection::Backoff;
+use crate::projection::{set_state, Backoff, State};
 
 /// The archive's name for offsets and metrics.
 pub const PROJECTION: &str = "archive";
@@ -122,9 +122,14 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("projection-archive".into())
         .spawn(move || {
+            set_state(PROJECTION, State::Running);
             let r = run(&cfg, &dir, &log, &chain_id, &key, &trim, &flag);
-            if let Err(e) = &r {
-                tracing::error!(error = %e, "archive projection stopped");
+            match &r {
+                Ok(()) => set_state(PROJECTION, State::Stopped),
+                Err(e) => {
+                    set_state(PROJECTION, State::Failed);
+                    tracing::error!(error = %e, "archive projection stopped");
+                }
             }
             r
         })?;
@@ -221,13 +226,17 @@ fn run(
             Ok(())
         })();
         match result {
-            Ok(()) => backoff.reset(),
+            Ok(()) => {
+                backoff.reset();
+                set_state(PROJECTION, State::Running);
+            }
             Err(e) => {
                 // Disk full, a failing disk: drop the open segment, rebuild it from the log
                 // after a pause. The log keeps everything not yet sealed.
                 let wait = backoff.step();
                 tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "archive projection error; retrying");
                 counter!(m::PROJECTION_RETRIES, "projection" => PROJECTION).increment(1);
+                set_state(PROJECTION, State::Retrying);
                 if let Some(seg) = open.take() {
                     seg.discard();
                 }

@@ -45,10 +45,12 @@ impl OpenSegment {
     /// Starts a segment whose first record follows `prev_checksum`.
     pub fn create(dir: &Path, level: i32, prev_checksum: [u8; 32]) -> std::io::Result<OpenSegment> {
         let path = dir.join(OPEN_NAME);
+        // Audit data: readable by the service's group (backup, auditors), not by others.
         let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o640)
             .open(&path)?;
         Ok(OpenSegment {
             file,

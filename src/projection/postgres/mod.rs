@@ -38,40 +38,10 @@ use self::retry::{classify, Class};
 use self::write::{first_refused, read_offset, to_rows, write_batch, WriteError, PROJECTION};
 use crate::log::Log;
 use crate::metrics as m;
-use crate::projection::Backoff;
-
-/// The projection's lifecycle, as the state metric reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    Running,
-    Retrying,
-    Failed,
-    Stopped,
-}
-
-impl State {
-    const ALL: [State; 4] = [
-        State::Running,
-        State::Retrying,
-        State::Failed,
-        State::Stopped,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Retrying => "retrying",
-            State::Failed => "failed",
-            State::Stopped => "stopped",
-        }
-    }
-}
+use crate::projection::{Backoff, State};
 
 fn set_state(s: State) {
-    for t in State::ALL {
-        gauge!(m::PROJECTION_STATE, "projection" => PROJECTION, "state" => t.as_str())
-            .set(if t == s { 1.0 } else { 0.0 });
-    }
+    crate::projection::set_state(PROJECTION, s);
 }
 
 /// A running projection thread.
@@ -136,8 +106,12 @@ async fn run(
     'connect: while !stop.load(Ordering::SeqCst) {
         let mut client = match connector.connect().await {
             Ok(c) => c,
+            // A refused password or a missing database will not fix itself.
+            Err(e) if classify(&e) == Class::Permanent => {
+                return Err(format!("connecting: {}", retry::describe(&e)))
+            }
             Err(e) => {
-                retry_pause(&e.to_string(), &mut backoff, &stop, || {
+                retry_pause(&retry::describe(&e), &mut backoff, &stop, || {
                     report_lag(&log, known_offset, log.durable_head())
                 })
                 .await;
@@ -148,7 +122,7 @@ async fn run(
             match schema::migrate(&mut client).await {
                 Ok(_) => migrated = true,
                 Err(schema::MigrateError::Pg(e)) if classify(&e) == Class::Retriable => {
-                    retry_pause(&e.to_string(), &mut backoff, &stop, || {
+                    retry_pause(&retry::describe(&e), &mut backoff, &stop, || {
                         report_lag(&log, known_offset, log.durable_head())
                     })
                     .await;
@@ -160,13 +134,18 @@ async fn run(
         let mut offset = match read_offset(&client, &chain_id).await {
             Ok(o) => o,
             Err(e) if classify(&e) == Class::Retriable => {
-                retry_pause(&e.to_string(), &mut backoff, &stop, || {
+                retry_pause(&retry::describe(&e), &mut backoff, &stop, || {
                     report_lag(&log, known_offset, log.durable_head())
                 })
                 .await;
                 continue;
             }
-            Err(e) => return Err(format!("reading the projection offset: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "reading the projection offset: {}",
+                    retry::describe(&e)
+                ))
+            }
         };
         known_offset = offset;
         set_state(State::Running);
@@ -230,7 +209,7 @@ async fn run(
                     backoff.reset();
                 }
                 Err(WriteError::Pg(e)) if classify(&e) == Class::Retriable => {
-                    retry_pause(&e.to_string(), &mut backoff, &stop, || {
+                    retry_pause(&retry::describe(&e), &mut backoff, &stop, || {
                         report_lag(&log, known_offset, log.durable_head())
                     })
                     .await;

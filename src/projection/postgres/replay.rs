@@ -17,7 +17,7 @@ pub enum ReplayError {
     NotEmpty(i64),
     #[error(transparent)]
     Write(#[from] WriteError),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", super::retry::describe(.0))]
     Pg(#[from] tokio_postgres::Error),
     #[error("log: {0}")]
     Log(#[from] crate::log::LogError),

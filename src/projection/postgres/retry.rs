@@ -37,6 +37,15 @@ pub fn classify_code(code: Option<&SqlState>) -> Class {
     }
 }
 
+/// An error in words an operator can act on: the server's own message and SQLSTATE when
+/// there is one (tokio-postgres's Display says only "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({}): {}", d.severity(), d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
 /// Classifies a client error.
 pub fn classify(e: &tokio_postgres::Error) -> Class {
     if e.is_closed() {

@@ -30,7 +30,7 @@ const LOCK_KEY: i64 = 0x6b63_6175_6469_7401;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", super::retry::describe(.0))]
     Pg(#[from] tokio_postgres::Error),
     #[error("migration {version} ({name}) was changed after it was applied (recorded sha256 {recorded}, now {now})")]
     Changed {

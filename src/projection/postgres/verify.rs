@@ -34,7 +34,7 @@ pub enum PgVerifyError {
     MissingTail { seq: u64, offset: i64 },
     #[error("postgres row seq {seq}: extra (beyond the projection's committed offset {offset})")]
     Extra { seq: u64, offset: i64 },
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", super::retry::describe(.0))]
     Pg(#[from] tokio_postgres::Error),
     #[error("log: {0}")]
     Log(#[from] crate::log::LogError),

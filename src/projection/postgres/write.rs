@@ -15,7 +15,7 @@ pub const PROJECTION: &str = "postgres";
 /// Why a batch was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", super::retry::describe(.0))]
     Pg(#[from] tokio_postgres::Error),
     /// A record that cannot become a row (a bug or a corrupt log): permanent.
     #[error("{0}")]
