@@ -101,7 +101,7 @@ pub enum Durability {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error("i/o on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -119,6 +119,14 @@ pub enum LogError {
         "the data directory {0} is in use by another process (is `kubechat-audit serve` running on it?); stop it or work on a copy"
     )]
     Locked(PathBuf),
+}
+
+// Not `#[from]`: that would make the sled error the source too, and error chains would
+// print it twice.
+impl From<sled::Error> for LogError {
+    fn from(e: sled::Error) -> LogError {
+        LogError::Sled(e)
+    }
 }
 
 /// The durable log.
@@ -171,7 +179,8 @@ impl Log {
             .map_err(|e| match e {
                 sled::Error::Io(ref ioe)
                     if ioe.kind() == std::io::ErrorKind::WouldBlock
-                        || ioe.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+                        || ioe.raw_os_error() == Some(libc::EWOULDBLOCK)
+                        || ioe.to_string().contains("could not acquire lock") =>
                 {
                     LogError::Locked(dir.to_owned())
                 }
