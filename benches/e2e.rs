@@ -60,7 +60,7 @@ use kubechat_audit_pipeline::chain::{ChainKey, GENESIS};
 use kubechat_audit_pipeline::enrich::{enrich, uuid_v7_at, RequestContext, Transport};
 use kubechat_audit_pipeline::event::validate_bytes;
 use kubechat_audit_pipeline::record::{encode_batch, StoredRecord};
-use kubechat_audit_pipeline::stage::{ChainState, Checksummer, IdLookup, Sealed};
+use kubechat_audit_pipeline::stage::{ChainState, Checksummer, LogWindow, Sealed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
@@ -1049,9 +1049,10 @@ fn print_phase_answers(p: &PhaseOut) {
 
 struct NoIds;
 
-impl IdLookup for NoIds {
-    fn lookup(&self, _id: &Uuid) -> Result<Option<(u64, [u8; 32])>, String> {
-        Ok(None)
+/// A log that has trimmed nothing: the checksum stage keeps every id it seals.
+impl LogWindow for NoIds {
+    fn first_seq(&self) -> u64 {
+        1
     }
 }
 
@@ -1066,7 +1067,7 @@ fn seal_loads(loads: &[Load], seed: u64) -> Vec<Sealed> {
             next_seq: 1,
             prev: GENESIS,
         },
-        1,
+        Vec::new(),
         Box::new(NoIds),
     );
     let ctx = RequestContext {
@@ -1148,12 +1149,7 @@ fn group_kvs(group: &[Sealed], v: Variant) -> Vec<(Vec<u8>, Vec<u8>)> {
                 bytes += r.body.len();
                 chunk.push(r.clone());
                 if v == Variant::AsTheLog {
-                    let Sealed::New {
-                        event_id,
-                        index_id: true,
-                        ..
-                    } = s
-                    else {
+                    let Sealed::New { event_id, .. } = s else {
                         continue;
                     };
                     let mut k = vec![b'i'];
@@ -1195,11 +1191,7 @@ fn sled_reference(
             let stats = log.commit(&[g], &mut next_dead, Durability::Synced)?;
             spent += t.elapsed();
             written += g.len();
-            let indexed = g
-                .iter()
-                .filter(|s| matches!(s, Sealed::New { index_id: true, .. }))
-                .count();
-            keys += stats.chunks + indexed + 1;
+            keys += stats.chunks + 1;
             if spent >= budget {
                 break;
             }
@@ -1233,117 +1225,6 @@ fn sled_reference(
     }
     Ok((written, spent, keys))
 }
-
-/// (d) What the checksum stage's idempotence lookups (`Log::lookup_id` of a new `event_id`,
-/// one per event that carries one) cost alone, and while another thread commits groups as the
-/// log writer does. Returns (lookups/s alone, lookups/s during commits).
-fn lookup_contention(
-    dir: &Path,
-    sealed: &[Sealed],
-    group: usize,
-    secs: f64,
-    seed: u64,
-) -> anyhow::Result<(f64, f64)> {
-    let log = Log::open(dir)?;
-    let mut next_dead = 1;
-    // Some history first, so that lookups walk a populated index, and so that there is a
-    // trim's worth (the service trims up to 65,536 records per batch) to trim at the end.
-    let (history, rest) = sealed.split_at((sealed.len() / 2).min(66_000));
-    for g in history.chunks(group) {
-        log.commit(&[g], &mut next_dead, Durability::Synced)?;
-    }
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x6c6f6f6b);
-    let span = Duration::from_secs_f64(secs);
-    let mut lookups = |stop: &AtomicBool| -> anyhow::Result<(Vec<u64>, Duration)> {
-        let mut lat = Vec::new();
-        let t = Instant::now();
-        while t.elapsed() < span && !stop.load(Ordering::Relaxed) {
-            let id = Uuid::from_u128(rng.random());
-            let t1 = Instant::now();
-            let found = log.lookup_id(&id)?;
-            lat.push(t1.elapsed().as_nanos() as u64);
-            ensure!(found.is_none(), "a random id was found");
-        }
-        Ok((lat, t.elapsed()))
-    };
-    let never = AtomicBool::new(false);
-    let (mut alone, alone_t) = lookups(&never)?;
-    let done = AtomicBool::new(false);
-    let (res, commits) = std::thread::scope(|s| {
-        let writer = s.spawn(|| -> anyhow::Result<Vec<u64>> {
-            let mut times = Vec::new();
-            let mut next_dead = 1;
-            for g in rest.chunks(group) {
-                if done.load(Ordering::Relaxed) {
-                    break;
-                }
-                let t = Instant::now();
-                log.commit(&[g], &mut next_dead, Durability::Synced)?;
-                times.push(t.elapsed().as_nanos() as u64);
-            }
-            done.store(true, Ordering::Relaxed);
-            Ok(times)
-        });
-        let res = lookups(&done);
-        done.store(true, Ordering::Relaxed);
-        (res, writer.join().expect("commit thread panicked"))
-    });
-    let (mut busy, busy_t) = res?;
-    let commits = commits?;
-    alone.sort_unstable();
-    busy.sort_unstable();
-    let rate = |v: &[u64], t: Duration| v.len() as f64 / t.as_secs_f64();
-    let line = |v: &[u64], t: Duration| {
-        format!(
-            "{:>9.0} lookups/s, p50 {:.1} us, p99 {:.1} us, max {:.2} ms",
-            rate(v, t),
-            pct(v, 50.0) * 1e3,
-            pct(v, 99.0) * 1e3,
-            pct(v, 100.0)
-        )
-    };
-    println!(
-        "  Log::lookup_id alone:                     {}",
-        line(&alone, alone_t)
-    );
-    println!(
-        "  Log::lookup_id while groups are committed: {}",
-        line(&busy, busy_t)
-    );
-    let blocked: u64 = busy.iter().filter(|&&ns| ns > 200_000).sum();
-    println!(
-        "  during commits, {:.0}% of the lookup thread's time went to lookups slower than 0.2 ms; \
-         {} commits of {group} events ran meanwhile (mean {:.2} ms)",
-        100.0 * blocked as f64 / busy_t.as_nanos() as f64,
-        commits.len(),
-        commits.iter().sum::<u64>() as f64 / commits.len().max(1) as f64 / 1e6
-    );
-
-    // A log trim, as the archive projection runs it after sealing a segment, against lookups.
-    let through = history.last().map(|s| rec(s).seq).unwrap_or(0);
-    let done = AtomicBool::new(false);
-    let (trim, during) = std::thread::scope(|s| {
-        let trimmer = s.spawn(|| {
-            let t = Instant::now();
-            let r = log.trim_through(through);
-            done.store(true, Ordering::Relaxed);
-            r.map(|n| (n, t.elapsed()))
-        });
-        let during = lookups(&done);
-        (trimmer.join().expect("trim thread panicked"), during)
-    });
-    let (removed, took) = trim?;
-    let (mut during, during_t) = during?;
-    during.sort_unstable();
-    println!(
-        "  Log::trim_through removed {removed} records in {:.0} ms; lookups meanwhile: {}",
-        took.as_secs_f64() * 1e3,
-        line(&during, during_t)
-    );
-    Ok((rate(&alone, alone_t), rate(&busy, busy_t)))
-}
-
-// ------------------------------------------------------------------------------------------
 
 fn newest_source_mtime(dir: &Path) -> Option<SystemTime> {
     let mut newest = None;
@@ -1670,15 +1551,6 @@ fn run() -> anyhow::Result<()> {
         refs.push(rate);
         let _ = std::fs::remove_dir_all(&dir);
     }
-
-    // (d) The idempotence lookups against the log's commits.
-    println!(
-        "\n(d) idempotence lookups (one Log::lookup_id per event with an event_id, in the checksum stage) \
-         against group commits"
-    );
-    let dir = tmp.path().join("contention");
-    lookup_contention(&dir, &sealed, group, 2.0, k.seed)?;
-    let _ = std::fs::remove_dir_all(&dir);
 
     // Summary.
     let ratio = a.rate() / refs[0];

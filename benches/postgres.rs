@@ -78,7 +78,7 @@ use kubechat_audit_pipeline::chain::{ChainKey, GENESIS};
 use kubechat_audit_pipeline::enrich::{enrich, uuid_v7_at, RequestContext, Transport};
 use kubechat_audit_pipeline::event::validate_bytes;
 use kubechat_audit_pipeline::record::{format_unix_ns, StoredRecord};
-use kubechat_audit_pipeline::stage::{ChainState, Checksummer, IdLookup, Poison, Sealed};
+use kubechat_audit_pipeline::stage::{ChainState, Checksummer, LogWindow, Poison, Sealed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use time::OffsetDateTime;
@@ -135,9 +135,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 struct NoIds;
 
-impl IdLookup for NoIds {
-    fn lookup(&self, _id: &Uuid) -> Result<Option<(u64, [u8; 32])>, String> {
-        Ok(None)
+/// A log that has trimmed nothing: the checksum stage keeps every id it seals.
+impl LogWindow for NoIds {
+    fn first_seq(&self) -> u64 {
+        1
     }
 }
 
@@ -203,7 +204,6 @@ const SYSTEM_ACTIONS: [&str; 4] = [
 impl Generator {
     fn new(seed: u64, total: u64, now_ns: i64) -> Generator {
         let key = ChainKey::new(KEY_ID, [7u8; 32]);
-        let recent = kubechat_audit::config::Config::default().recent_ids();
         let checksummer = Checksummer::new(
             key,
             CHAIN_ID.into(),
@@ -211,7 +211,7 @@ impl Generator {
                 next_seq: 1,
                 prev: GENESIS,
             },
-            recent,
+            Vec::new(),
             Box::new(NoIds),
         );
         Generator {

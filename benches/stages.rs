@@ -23,7 +23,7 @@ use kubechat_audit_pipeline::event::{validate_bytes, AuditEvent};
 use kubechat_audit_pipeline::framing::{Frame, LineFramer};
 use kubechat_audit_pipeline::limits::EVENT_BYTES_MAX;
 use kubechat_audit_pipeline::record::{decode_batch, encode_batch, write_body, StoredRecord};
-use kubechat_audit_pipeline::stage::{ChainState, Checksummer, IdLookup, Outcome, Sealed};
+use kubechat_audit_pipeline::stage::{ChainState, Checksummer, LogWindow, Outcome, Sealed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
@@ -104,9 +104,10 @@ fn event_line(rng: &mut StdRng, i: u64) -> Vec<u8> {
 
 struct NoIds;
 
-impl IdLookup for NoIds {
-    fn lookup(&self, _id: &Uuid) -> Result<Option<(u64, [u8; 32])>, String> {
-        Ok(None)
+/// A log that has trimmed nothing: the checksum stage keeps every id it seals.
+impl LogWindow for NoIds {
+    fn first_seq(&self) -> u64 {
+        1
     }
 }
 
@@ -120,7 +121,6 @@ fn ctx() -> RequestContext {
 
 fn checksummer(key: &ChainKey) -> Checksummer {
     // The service's own bound for the recent-id memory, so the hash map is sized as in serve.
-    let recent = kubechat_audit::config::Config::default().recent_ids();
     Checksummer::new(
         key.clone(),
         CHAIN_ID.into(),
@@ -128,7 +128,7 @@ fn checksummer(key: &ChainKey) -> Checksummer {
             next_seq: 1,
             prev: GENESIS,
         },
-        recent,
+        Vec::new(),
         Box::new(NoIds),
     )
 }
@@ -318,7 +318,7 @@ fn main() {
         c
     };
     let t_checksum = b.measure(
-        "checksum: Checksummer::seal_event (IdLookup -> None)",
+        "checksum: Checksummer::seal_event (LogWindow -> None)",
         None,
         || (enriched.clone(), warm_checksummer()),
         |(evs, mut c)| {

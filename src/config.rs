@@ -203,16 +203,6 @@ impl Config {
         self.data_dir.join("log")
     }
 
-    /// Events the checksum stage must remember to catch a retry racing its original: all
-    /// that can sit between it and the durable index.
-    pub fn recent_ids(&self) -> usize {
-        let per_request = self
-            .limits
-            .http_request_events_max
-            .max(self.limits.tcp_request_events_max);
-        (self.pipeline.log_capacity + 2) * per_request + self.log.group_commit_events_max
-    }
-
     /// Checks the relations between bounds.
     pub fn check(&self) -> Result<(), ConfigError> {
         let l = &self.limits;

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::ingest::{http, tcp, Ingest};
 use crate::keys;
-use crate::log::{spawn_writer, Log, LogIds, WriterConfig};
+use crate::log::{spawn_writer, Log, Window, WriterConfig};
 use crate::metrics as m;
 use crate::projection::archive;
 use crate::projection::postgres::{self as pg, Connector};
@@ -52,12 +52,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<Ended> {
     gauge!(m::LOG_FIRST_SEQ).set(log.first_seq()? as f64);
 
     let poison = Poison::default();
+    let known = log.scan_ids()?;
+    tracing::info!(
+        event_ids = known.len(),
+        "event ids in the log's window loaded for idempotence"
+    );
     let checksummer = Checksummer::new(
         key,
         recovered.chain_id.clone(),
         recovered.state,
-        cfg.recent_ids(),
-        Box::new(LogIds(log.clone())),
+        known,
+        Box::new(Window(log.clone())),
     );
     let p = &cfg.pipeline;
     let caps = Capacities {

@@ -8,9 +8,10 @@
 //! it held is answered with a [`Failure`].
 //!
 //! `checksum` is the only place that assigns `seq` and extends the chain. It also answers
-//! idempotent retries: an `event_id` already in the chain (in flight or durable) becomes a
-//! [`Sealed::Duplicate`] that the log writer acknowledges with the original `seq` once the
-//! batch it rides in is durable, which is never before the original.
+//! idempotent retries from memory: an `event_id` already in the log's window (in flight or
+//! durable) becomes a [`Sealed::Duplicate`] that the log writer acknowledges with the
+//! original `seq` once the batch it rides in is durable, which is never before the
+//! original. Nothing on this path reads the log.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -141,8 +142,6 @@ pub enum Sealed {
     New {
         record: StoredRecord,
         event_id: Uuid,
-        /// Only producer-supplied ids enter the idempotence index.
-        index_id: bool,
     },
     Duplicate {
         seq: u64,
@@ -232,29 +231,43 @@ pub struct ChainState {
     pub prev: [u8; 32],
 }
 
-/// Looks up `event_id`s already durable in the log.
-pub trait IdLookup: Send + 'static {
-    /// The `seq` and checksum stored for `id`, if any.
-    fn lookup(&self, id: &Uuid) -> Result<Option<(u64, [u8; 32])>, String>;
+/// How far back the log still holds records: ids of records below this are forgotten.
+pub trait LogWindow: Send + 'static {
+    /// The first `seq` the log still holds (it trims below what every projection has
+    /// committed).
+    fn first_seq(&self) -> u64;
 }
 
-/// Ids sealed recently, in flight or durable, so that a retry racing its original is caught
-/// before the original reaches the index. Evicts oldest first.
-struct RecentIds {
+/// Every `event_id` the log holds or is about to hold, in memory, so that recognising a
+/// retry costs a hash lookup rather than a read of the log. It spans exactly the log's
+/// window: entries are dropped, oldest first, once the log has trimmed their records, so
+/// the idempotence window is the log's (bounded by `log.trim_safety_events`).
+struct KnownIds {
     map: HashMap<Uuid, (u64, [u8; 32])>,
-    order: VecDeque<Uuid>,
-    capacity: usize,
+    /// `(seq, id)` in seq order, for eviction behind the trim point.
+    order: VecDeque<(u64, Uuid)>,
 }
 
-impl RecentIds {
-    fn insert(&mut self, id: Uuid, v: (u64, [u8; 32])) {
-        if self.order.len() == self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+impl KnownIds {
+    fn insert(&mut self, id: Uuid, seq: u64, checksum: [u8; 32]) {
+        debug_assert!(
+            self.order.back().is_none_or(|(s, _)| *s < seq),
+            "ids arrive in seq order"
+        );
+        self.map.insert(id, (seq, checksum));
+        self.order.push_back((seq, id));
+    }
+
+    fn forget_below(&mut self, first_seq: u64) {
+        while let Some(&(seq, id)) = self.order.front() {
+            if seq >= first_seq {
+                break;
+            }
+            self.order.pop_front();
+            if self.map.get(&id).is_some_and(|(s, _)| *s == seq) {
+                self.map.remove(&id);
             }
         }
-        self.map.insert(id, v);
-        self.order.push_back(id);
     }
 }
 
@@ -263,34 +276,47 @@ pub struct Checksummer {
     key: ChainKey,
     chain_id: String,
     state: ChainState,
-    recent: RecentIds,
-    lookup: Box<dyn IdLookup>,
+    known: KnownIds,
+    window: Box<dyn LogWindow>,
     body: Vec<u8>,
 }
 
 impl Checksummer {
-    /// `recent_ids` must exceed the number of events that can be in flight between this stage
-    /// and the log's index; the service derives it from its limits.
+    /// `known` lists the `(seq, event_id, checksum)` of every record the log holds, in seq
+    /// order (the log scans them at start-up).
     pub fn new(
         key: ChainKey,
         chain_id: String,
         state: ChainState,
-        recent_ids: usize,
-        lookup: Box<dyn IdLookup>,
+        known: Vec<(u64, Uuid, [u8; 32])>,
+        window: Box<dyn LogWindow>,
     ) -> Checksummer {
-        assert!(recent_ids > 0);
+        let mut ids = KnownIds {
+            map: HashMap::with_capacity(known.len()),
+            order: VecDeque::with_capacity(known.len()),
+        };
+        for (seq, id, checksum) in known {
+            ids.insert(id, seq, checksum);
+        }
         Checksummer {
             key,
             chain_id,
             state,
-            recent: RecentIds {
-                map: HashMap::with_capacity(recent_ids.min(1 << 20)),
-                order: VecDeque::new(),
-                capacity: recent_ids,
-            },
-            lookup,
+            known: ids,
+            window,
             body: Vec::with_capacity(1024),
         }
+    }
+
+    /// Event ids currently remembered.
+    pub fn known_ids(&self) -> usize {
+        self.known.map.len()
+    }
+
+    /// Drops ids whose records the log has trimmed; called once per request.
+    pub fn follow_trim(&mut self) {
+        let first = self.window.first_seq();
+        self.known.forget_below(first);
     }
 
     pub fn state(&self) -> ChainState {
@@ -300,14 +326,7 @@ impl Checksummer {
     /// Seals one enriched event, or recognizes it as a retry.
     pub fn seal_event(&mut self, ev: EnrichedEvent) -> Result<Sealed, Failure> {
         if ev.event_id_from_producer {
-            let known = match self.recent.map.get(&ev.event_id) {
-                Some(v) => Some(*v),
-                None => self
-                    .lookup
-                    .lookup(&ev.event_id)
-                    .map_err(|e| Failure(format!("idempotence index lookup failed: {e}")))?,
-            };
-            if let Some((seq, checksum)) = known {
+            if let Some(&(seq, checksum)) = self.known.map.get(&ev.event_id) {
                 return Ok(Sealed::Duplicate {
                     seq,
                     event_id: ev.event_id,
@@ -347,13 +366,10 @@ impl Checksummer {
             next_seq: seq + 1,
             prev: record.checksum,
         };
-        if ev.event_id_from_producer {
-            self.recent.insert(ev.event_id, (seq, record.checksum));
-        }
+        self.known.insert(ev.event_id, seq, record.checksum);
         Ok(Sealed::New {
             record,
             event_id: ev.event_id,
-            index_id: ev.event_id_from_producer,
         })
     }
 }
@@ -445,6 +461,7 @@ pub fn spawn(
                 items: inputs,
                 reply,
             } = b;
+            checksummer.follow_trim();
             let mut items = Vec::with_capacity(inputs.len());
             for r in inputs {
                 items.push(match r {
@@ -532,4 +549,75 @@ fn run_stage<I: Send + 'static, O: Send + 'static>(
                 }
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::chain::GENESIS;
+    use crate::event::validate_value;
+
+    struct Trimmed(Arc<AtomicU64>);
+
+    impl LogWindow for Trimmed {
+        fn first_seq(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn event(id: &str) -> EnrichedEvent {
+        let ev = validate_value(serde_json::json!({
+            "event_id": id, "user_id": "u", "event_type": "auth_event", "action": "login",
+            "success": true, "timestamp": "2026-12-03T10:00:00Z"
+        }))
+        .unwrap();
+        let ctx = RequestContext {
+            transport: Transport::Tcp,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            received_at_unix_ns: 5,
+        };
+        enrich(ev, &ctx, || unreachable!())
+    }
+
+    #[test]
+    fn retries_are_known_until_the_log_trims_their_record() {
+        let first = Arc::new(AtomicU64::new(1));
+        let start = ChainState {
+            next_seq: 1,
+            prev: GENESIS,
+        };
+        let id = "0190a5e2-7c4f-7b3a-9d1e-2f3a4b5c6d7e";
+        let loaded = vec![(1, Uuid::parse_str(id).unwrap(), [4; 32])];
+        let mut c = Checksummer::new(
+            ChainKey::new("k", [1; 32]),
+            "c".into(),
+            ChainState {
+                next_seq: 2,
+                ..start
+            },
+            loaded,
+            Box::new(Trimmed(first.clone())),
+        );
+        // Known from the start-up scan.
+        assert!(
+            matches!(c.seal_event(event(id)), Ok(Sealed::Duplicate { seq: 1, checksum, .. }) if checksum == [4; 32])
+        );
+        // Sealed now, retried before it is durable: the same seq.
+        let other = "0190a5e2-7c4f-7b3a-9d1e-2f3a4b5c6d7f";
+        let Ok(Sealed::New { record, .. }) = c.seal_event(event(other)) else {
+            panic!()
+        };
+        assert_eq!(record.seq, 2);
+        assert!(matches!(
+            c.seal_event(event(other)),
+            Ok(Sealed::Duplicate { seq: 2, .. })
+        ));
+        // Once the log trims seq 1, its id is forgotten and a resend is stored anew.
+        first.store(2, Ordering::SeqCst);
+        c.follow_trim();
+        assert_eq!(c.known_ids(), 1);
+        assert!(matches!(c.seal_event(event(id)), Ok(Sealed::New { .. })));
+    }
 }

@@ -8,7 +8,6 @@
 //! 'm' name                             meta: "chain_id" (utf-8), "head" (seq u64be, checksum 32),
 //!                                      "trimmed" (seq u64be, checksum 32): the last record removed
 //! 'r' first_seq:u64be                  a record chunk: record::encode_batch of consecutive records
-//! 'i' event_id:16                      idempotence index: seq u64be (producer-supplied ids only)
 //! 'd' id:u64be                         a dead letter: JSON (stage::DeadLetter::to_json)
 //! 'o' projection name                  a projection's committed offset: seq u64be
 //! ```
@@ -35,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use kubechat_audit_pipeline::chain::{FIRST_SEQ, GENESIS};
 use kubechat_audit_pipeline::record::{decode_batch, encode_batch, DecodeError, StoredRecord};
-use kubechat_audit_pipeline::stage::{ChainState, IdLookup, Sealed};
+use kubechat_audit_pipeline::stage::{ChainState, LogWindow, Sealed};
 use uuid::Uuid;
 
 pub use writer::{spawn_writer, WriterConfig};
@@ -64,6 +63,8 @@ impl Journal for Log {
     }
 }
 
+/// Most records one trim removes in one sled batch.
+pub const TRIM_RECORDS_PER_BATCH: u64 = 4096;
 /// Largest record chunk written under one key, in bytes.
 pub const RECORD_CHUNK_BYTES_MAX: usize = 32 * 1024;
 /// sled's segment size for new logs. sled stores a tree node bigger than a quarter of a
@@ -83,7 +84,6 @@ const META_CHAIN_ID: &[u8] = b"mchain_id";
 const META_HEAD: &[u8] = b"mhead";
 const META_TRIMMED: &[u8] = b"mtrimmed";
 const P_RECORDS: u8 = b'r';
-const P_IDS: u8 = b'i';
 const P_DEAD: u8 = b'd';
 const P_OFFSETS: u8 = b'o';
 
@@ -140,6 +140,8 @@ pub struct Log {
     failure: std::sync::Mutex<Option<String>>,
     /// The last durable `seq`, for projections that tail the log.
     durable_head: std::sync::Mutex<u64>,
+    /// The first seq still held, cached for the checksum stage (which must not read sled).
+    first_seq: std::sync::atomic::AtomicU64,
     head_advanced: std::sync::Condvar,
 }
 
@@ -202,6 +204,7 @@ impl Log {
             failed: AtomicBool::new(false),
             failure: std::sync::Mutex::new(None),
             durable_head: std::sync::Mutex::new(0),
+            first_seq: std::sync::atomic::AtomicU64::new(FIRST_SEQ),
             head_advanced: std::sync::Condvar::new(),
         })
     }
@@ -267,6 +270,7 @@ impl Log {
             _ => {}
         }
         self.publish_head(state.next_seq - 1);
+        self.first_seq()?;
         let next_dead_letter_id = match self.db.scan_prefix([P_DEAD]).keys().next_back() {
             Some(k) => {
                 be_u64(&k?[1..]).ok_or_else(|| LogError::Corrupt("bad dead-letter key".into()))? + 1
@@ -320,11 +324,34 @@ impl Log {
 
     /// The first `seq` the log can still hand out.
     pub fn first_seq(&self) -> Result<u64, LogError> {
-        Ok(self.trimmed()?.map(|(s, _)| s + 1).unwrap_or(FIRST_SEQ))
+        let first = self.trimmed()?.map(|(s, _)| s + 1).unwrap_or(FIRST_SEQ);
+        self.first_seq.fetch_max(first, Ordering::SeqCst);
+        Ok(first)
     }
 
-    /// Removes whole record chunks whose records are all at or below `seq`, with their
-    /// idempotence entries, and records the new trim point. Returns the records removed.
+    /// Every record's `(seq, event_id, checksum)`, in seq order: what the checksum stage
+    /// remembers to answer retries without reading the log.
+    pub fn scan_ids(&self) -> Result<Vec<(u64, Uuid, [u8; 32])>, LogError> {
+        let finder = memchr::memmem::Finder::new(b"\"event_id\":\"");
+        let mut out = Vec::new();
+        for r in self.records_from(self.first_seq()?) {
+            let r = r?;
+            let id = finder
+                .find(&r.body)
+                .and_then(|at| r.body.get(at + 12..at + 48))
+                .and_then(|t| Uuid::try_parse_ascii(t).ok())
+                .ok_or_else(|| {
+                    LogError::Corrupt(format!("seq {}: the record names no event_id", r.seq))
+                })?;
+            out.push((r.seq, id, r.checksum));
+        }
+        Ok(out)
+    }
+
+    /// Removes whole record chunks whose records are all at or below `seq`, at most
+    /// [`TRIM_RECORDS_PER_BATCH`] records per call (sled holds a global lock for the length of
+    /// a batch, and the log writer waits on it), and records the new trim point. Returns the
+    /// records removed; call again until it returns 0.
     pub fn trim_through(&self, seq: u64) -> Result<u64, LogError> {
         let mut batch = sled::Batch::default();
         let mut last: Option<(u64, [u8; 32])> = None;
@@ -335,22 +362,13 @@ impl Log {
             let recs = decode_batch(&v).map_err(|source| LogError::Decode { key, source })?;
             match recs.last() {
                 Some(r) if r.seq <= seq => {
-                    for r in &recs {
-                        if let Ok(doc) = kubechat_audit_pipeline::record::RecordDoc::parse(&r.body)
-                        {
-                            let idk = id_key(&doc.event_id);
-                            if self.db.get(idk)?.is_some_and(|v| be_u64(&v) == Some(r.seq)) {
-                                batch.remove(&idk[..]);
-                            }
-                        }
-                    }
                     removed += recs.len() as u64;
                     last = Some((r.seq, r.checksum));
                     batch.remove(k);
                 }
                 _ => break,
             }
-            if removed >= 65_536 {
+            if removed >= TRIM_RECORDS_PER_BATCH {
                 break;
             }
         }
@@ -361,6 +379,7 @@ impl Log {
             batch.insert(META_TRIMMED, &v[..]);
             self.db.apply_batch(batch)?;
             self.db.flush()?;
+            self.first_seq.fetch_max(s + 1, Ordering::SeqCst);
         }
         Ok(removed)
     }
@@ -426,11 +445,7 @@ impl Log {
         };
         for item in groups.iter().flat_map(|g| g.iter()) {
             match item {
-                Sealed::New {
-                    record,
-                    event_id,
-                    index_id,
-                } => {
+                Sealed::New { record, .. } => {
                     // Assert what we write: each record continues the one before it.
                     if let Some((seq, sum)) = head {
                         assert_eq!(record.seq, seq + 1, "records of a commit are consecutive");
@@ -438,9 +453,6 @@ impl Log {
                     }
                     if chunk_bytes + record.body.len() > RECORD_CHUNK_BYTES_MAX {
                         flush_chunk(&mut chunk, &mut chunk_bytes, &mut batch, &mut stats);
-                    }
-                    if *index_id {
-                        batch.insert(&id_key(event_id)[..], &record.seq.to_be_bytes());
                     }
                     head = Some((record.seq, record.checksum));
                     chunk_bytes += record.body.len();
@@ -518,21 +530,6 @@ impl Log {
             .wait_timeout_while(h, timeout, |h| *h <= seq)
             .unwrap_or_else(|e| e.into_inner());
         *h
-    }
-
-    /// Looks up a producer-supplied `event_id`: its `seq` and checksum.
-    pub fn lookup_id(&self, id: &Uuid) -> Result<Option<(u64, [u8; 32])>, LogError> {
-        let Some(v) = self.db.get(id_key(id))? else {
-            return Ok(None);
-        };
-        let seq = be_u64(&v)
-            .ok_or_else(|| LogError::Corrupt(format!("index entry for {id} is malformed")))?;
-        let rec = self.record(seq)?.ok_or_else(|| {
-            LogError::Corrupt(format!(
-                "index names seq {seq} for {id}, which the log does not hold"
-            ))
-        })?;
-        Ok(Some((seq, rec.checksum)))
     }
 
     /// The record at `seq`, if stored.
@@ -649,12 +646,6 @@ impl Failpoints {
     }
 }
 
-fn id_key(id: &Uuid) -> [u8; 17] {
-    let mut k = [P_IDS; 17];
-    k[1..].copy_from_slice(id.as_bytes());
-    k
-}
-
 /// What one group commit wrote.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CommitStats {
@@ -665,11 +656,11 @@ pub struct CommitStats {
     pub bytes: usize,
 }
 
-/// The checksum stage's view of the idempotence index.
-pub struct LogIds(pub std::sync::Arc<Log>);
+/// The checksum stage's view of the log: how far back it reaches.
+pub struct Window(pub std::sync::Arc<Log>);
 
-impl IdLookup for LogIds {
-    fn lookup(&self, id: &Uuid) -> Result<Option<(u64, [u8; 32])>, String> {
-        self.0.lookup_id(id).map_err(|e| e.to_string())
+impl LogWindow for Window {
+    fn first_seq(&self) -> u64 {
+        self.0.first_seq.load(Ordering::SeqCst)
     }
 }

@@ -221,7 +221,13 @@ pub fn manifests(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, ListError> {
         if name.ends_with(".manifest.json") {
             let text =
                 fs::read(&path).map_err(|e| ListError::Io(format!("{}: {e}", path.display())))?;
-            let m: Manifest = serde_json::from_slice(&text).map_err(|e| {
+            let m: Manifest = match serde_json::from_slice::<serde_json::Value>(&text) {
+                // A manifest is a JSON object; serde would also take an array of its values.
+                Ok(v @ serde_json::Value::Object(_)) => serde_json::from_value(v),
+                Ok(_) => Err(serde::de::Error::custom("not a JSON object")),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| {
                 ListError::Invalid(format!("manifest {name}: not a valid manifest: {e}"))
             })?;
             if m.format != MANIFEST_FORMAT {

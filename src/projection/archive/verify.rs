@@ -84,6 +84,9 @@ pub fn verify_dir(
             let mut prev = [0u8; 32];
             hex::decode_to_slice(&first.prev_segment_last_checksum, &mut prev)
                 .map_err(|e| seg_fault(first, format!("prev_segment_last_checksum: {e}")))?;
+            if first.first_seq == 0 {
+                return Err(seg_fault(first, "first_seq is 0; a chain starts at seq 1"));
+            }
             head.last_seq = first.first_seq - 1;
             head.last_checksum = prev;
             v = Verifier::resume(ring, first.first_seq, prev);
