@@ -286,19 +286,7 @@ impl Log {
 
     /// The chain head recorded by the last commit: `(seq, checksum)`.
     pub fn head(&self) -> Result<Option<(u64, [u8; 32])>, LogError> {
-        match self.db.get(META_HEAD)? {
-            None => Ok(None),
-            Some(v) if v.len() == 40 => {
-                let seq = be_u64(&v[..8]).expect("8 bytes");
-                let mut c = [0u8; 32];
-                c.copy_from_slice(&v[8..]);
-                Ok(Some((seq, c)))
-            }
-            Some(v) => Err(LogError::Corrupt(format!(
-                "head meta has {} bytes, expected 40",
-                v.len()
-            ))),
-        }
+        self.seq_and_checksum(META_HEAD)
     }
 
     fn seq_and_checksum(&self, key: &[u8]) -> Result<Option<(u64, [u8; 32])>, LogError> {
