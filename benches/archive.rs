@@ -25,10 +25,12 @@
 //!   reference for time and ratio; also the in-process zstd crate on one frame.
 //! - (c) `archive::verify::verify_dir` on the archive from (a), single-threaded, with the
 //!   public key only and with the HMAC key; then its pieces timed separately: read, SHA-256,
-//!   BLAKE3, decompress, line parsing (`record_from_json_line`, itself split into its parts),
-//!   the keyless chain walk, HMAC; and a prototype of the same keyless checks with three
-//!   changes (one-shot decompression, word-at-a-time line split, table hex decoding), to
-//!   show what they would gain. `benches/ARCHIVE-RESULTS.md` has the results.
+//!   BLAKE3, decompress (one-shot into the manifest's `raw_bytes`), line parsing
+//!   (`segment::parse_records`, itself split into its parts: memchr line split, table hex
+//!   decoding of the checksums, body copy, the `serde_json` pass, the timestamp), the keyless
+//!   chain walk, HMAC; next to each changed piece, the code it replaced in `65b1457`
+//!   (streaming decompression, a byte-at-a-time split, the `hex` crate) for comparison.
+//!   `benches/ARCHIVE-RESULTS.md` has the results.
 //!
 //! Every measurement prints wall time and the calling thread's CPU time; rates "per core"
 //! are per CPU-second of the measuring thread (the `zstd` CLI's are per CPU-second of the
@@ -42,10 +44,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::io::Read;
+
 use kubechat_audit::keys::{ed25519_key_id, PublicKey, SigningKey};
 use kubechat_audit::projection::archive::manifest::Manifest;
 use kubechat_audit::projection::archive::segment::{
-    decompress, manifests, parse_records, OpenSegment,
+    decompress, lines as segment_lines, manifests, parse_records, OpenSegment,
 };
 use kubechat_audit::projection::archive::verify::verify_dir;
 use kubechat_audit_pipeline::chain::{mac, seal, ChainKey, KeyRing, Verifier, GENESIS};
@@ -339,7 +343,8 @@ const UNHEX: [u8; 256] = {
     t
 };
 
-/// Decodes 64 hex digits through [`UNHEX`], without branches; false if one is not hex.
+/// Decodes 64 hex digits through [`UNHEX`], without branches; false if one is not hex. The
+/// same table decoding as `record::hex32` (private), which `record_from_json_line` uses.
 fn unhex32(src: &[u8], dst: &mut [u8; 32]) -> bool {
     let mut bad = 0u8;
     for (d, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
@@ -348,97 +353,6 @@ fn unhex32(src: &[u8], dst: &mut [u8; 32]) -> bool {
         *d = h << 4 | l;
     }
     src.len() == 64 && bad & 0xf0 == 0
-}
-
-/// The first `\n` in `s`, eight bytes at a time (the classic zero-byte test on words).
-fn find_newline(s: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let mut words = s.chunks_exact(8);
-    for (k, w) in words.by_ref().enumerate() {
-        let x = u64::from_le_bytes(w.try_into().expect("8 bytes")) ^ (LO * u64::from(b'\n'));
-        let z = x.wrapping_sub(LO) & !x & HI;
-        if z != 0 {
-            return Some(k * 8 + z.trailing_zeros() as usize / 8);
-        }
-    }
-    let tail = s.len() - words.remainder().len();
-    words
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|p| tail + p)
-}
-
-/// `record::record_from_json_line`'s fast path, with [`unhex32`] for the checksums.
-fn prototype_record(line: &[u8]) -> Option<StoredRecord> {
-    const SUFFIX: usize = 162;
-    let n = line.len();
-    if n < SUFFIX + 2 {
-        return None;
-    }
-    let suffix = &line[n - SUFFIX..];
-    if !suffix.starts_with(b",\"prev_checksum\":\"")
-        || &suffix[82..96] != b"\",\"checksum\":\""
-        || !suffix.ends_with(b"\"}")
-    {
-        return None;
-    }
-    let mut prev_checksum = [0u8; 32];
-    let mut checksum = [0u8; 32];
-    if !unhex32(&suffix[18..82], &mut prev_checksum) || !unhex32(&suffix[96..160], &mut checksum) {
-        return None;
-    }
-    let mut body = Vec::with_capacity(n - SUFFIX + 1);
-    body.extend_from_slice(&line[..n - SUFFIX]);
-    body.push(b'}');
-    let head: Head = serde_json::from_slice(&body).ok()?;
-    let received_at_unix_ns = parse_timestamp(&head.received_at).ok()?;
-    Some(StoredRecord {
-        seq: head.seq,
-        received_at_unix_ns,
-        key_id: head.key_id.into_owned(),
-        prev_checksum,
-        checksum,
-        body,
-    })
-}
-
-/// `verify_dir`'s checks without HMAC keys (signature, place, size, digests, decompressed
-/// size, every record through the chain verifier, the manifest's count and last checksum),
-/// with one-shot decompression, [`find_newline`] and [`prototype_record`]. Returns the
-/// records verified.
-fn prototype_verify(dir: &Path, public: &PublicKey) -> u64 {
-    let mut v = Verifier::new(None);
-    let mut prev = hex::encode(GENESIS);
-    let mut next = 1;
-    for (_, m) in manifests(dir).expect("manifests") {
-        m.check_signature(public).expect("signed");
-        assert!(m.first_seq == next && m.prev_segment_last_checksum == prev);
-        let bytes = fs::read(dir.join(&m.segment)).expect("read");
-        assert_eq!(bytes.len() as u64, m.bytes);
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), m.sha256);
-        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), m.blake3);
-        let raw = zstd::bulk::decompress(&bytes, m.raw_bytes as usize).expect("decompress");
-        assert_eq!(raw.len() as u64, m.raw_bytes);
-        let (mut count, mut last) = (0u64, [0u8; 32]);
-        let mut rest = &raw[..];
-        while let Some(i) = find_newline(rest) {
-            let line = &rest[..i];
-            rest = &rest[i + 1..];
-            if line.is_empty() {
-                continue;
-            }
-            let r = prototype_record(line).expect("archive line form");
-            count += 1;
-            last = r.checksum;
-            v.push(r).expect("chains");
-        }
-        assert!(rest.is_empty() && count == m.count && hex::encode(last) == m.last_checksum);
-        next = m.last_seq + 1;
-        prev = m.last_checksum;
-    }
-    v.finish().expect("chains").count
 }
 
 fn main() {
@@ -684,22 +598,32 @@ fn main() {
             .map(|(f, (_, m))| decompress(f, m.raw_bytes).expect("decompress"))
             .collect::<Vec<_>>()
     });
-    row("  decompress (segment::decompress)", &s, n, Some(raw));
-    // For comparison: one-shot decompression into a buffer of the manifest's raw_bytes
-    // (zstd decodes concatenated frames in one call).
+    row(
+        "  decompress (segment::decompress, one-shot into raw_bytes)",
+        &s,
+        n,
+        Some(raw),
+    );
+    // For comparison: what segment::decompress did before 65b1457, a streaming decoder
+    // growing its output with read_to_end.
     let (s, _) = measure(reps, true, || {
         files
             .iter()
             .zip(&all)
             .map(|(f, (_, m))| {
-                let raw = zstd::bulk::decompress(f, m.raw_bytes as usize).expect("decompress");
-                assert_eq!(raw.len() as u64, m.raw_bytes);
-                raw
+                let mut out = Vec::new();
+                zstd::stream::read::Decoder::new(&f[..])
+                    .expect("decoder")
+                    .take(m.raw_bytes + 1)
+                    .read_to_end(&mut out)
+                    .expect("decompress");
+                assert_eq!(out.len() as u64, m.raw_bytes);
+                out
             })
             .collect::<Vec<_>>()
     });
     row(
-        "    (same, zstd::bulk::decompress, for comparison)",
+        "    (before 65b1457: streaming decoder + read_to_end)",
         &s,
         n,
         Some(raw),
@@ -714,15 +638,17 @@ fn main() {
             .sum::<u64>()
     });
     let parse_med = median(&s);
-    row("  parse lines (record_from_json_line)", &s, n, Some(raw));
+    row(
+        "  parse lines (parse_records: lines + record_from_json_line)",
+        &s,
+        n,
+        Some(raw),
+    );
     // record_from_json_line piece by piece. Each piece alone over the whole archive would
     // stream 183 MB from memory again, which the fused loop does once; so the pieces are
     // timed on the first HOT_LINES lines (about 2 MB, cache-resident), repeated to make up
     // the same number of records, next to the whole function on the same lines.
-    let line_slices: Vec<&[u8]> = raws
-        .iter()
-        .flat_map(|r| r.split(|b| *b == b'\n').filter(|l| !l.is_empty()))
-        .collect();
+    let line_slices: Vec<&[u8]> = raws.iter().flat_map(|r| segment_lines(r)).collect();
     let hot = &line_slices[..line_slices.len().min(HOT_LINES)];
     let iters = (n / hot.len()).max(1);
     let hot_n = iters * hot.len();
@@ -749,24 +675,19 @@ fn main() {
     });
     let hot_parse = median(&s).cpu;
     row(
-        "    whole: parse_records (split + record_from_json_line)",
+        "    whole: parse_records (lines + record_from_json_line)",
         &s,
         hot_n,
         Some(hot_bytes),
     );
     let (s, _) = measure(reps, true, || {
         (0..iters)
-            .map(|_| {
-                hot_raw
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .count()
-            })
+            .map(|_| segment_lines(&hot_raw).count())
             .sum::<usize>()
     });
     hot_sum += median(&s).cpu;
     row(
-        "    split lines at \\n (slice::split)",
+        "    split lines at \\n (segment::lines, memchr)",
         &s,
         hot_n,
         Some(hot_bytes),
@@ -777,15 +698,14 @@ fn main() {
         for _ in 0..iters {
             for l in hot {
                 let suffix = &l[l.len() - 162..];
-                hex::decode_to_slice(&suffix[18..82], &mut pc).expect("hex");
-                hex::decode_to_slice(&suffix[96..160], &mut c).expect("hex");
+                assert!(unhex32(&suffix[18..82], &mut pc) && unhex32(&suffix[96..160], &mut c));
                 black_box((&pc, &c));
             }
         }
     });
     hot_sum += median(&s).cpu;
     row(
-        "    hex-decode the two checksums (hex crate)",
+        "    hex-decode the two checksums (256-entry table)",
         &s,
         hot_n,
         None,
@@ -848,41 +768,40 @@ fn main() {
         secs(hot_sum) * 1e9 / hot_n as f64,
         secs(hot_parse) * 1e9 / hot_n as f64
     );
-    // For comparison: the same hex decoding through a 256-entry table, and the newline
-    // search eight bytes at a time.
+    // For comparison: the line split and the hex decoding as they were before 65b1457.
+    let (s, _) = measure(reps, true, || {
+        (0..iters)
+            .map(|_| {
+                hot_raw
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .sum::<usize>()
+    });
+    row(
+        "    (before 65b1457: split lines with slice::split)",
+        &s,
+        hot_n,
+        Some(hot_bytes),
+    );
     let (s, _) = measure(reps, true, || {
         let mut pc = [0u8; 32];
         let mut c = [0u8; 32];
         for _ in 0..iters {
             for l in hot {
                 let suffix = &l[l.len() - 162..];
-                assert!(unhex32(&suffix[18..82], &mut pc) && unhex32(&suffix[96..160], &mut c));
+                hex::decode_to_slice(&suffix[18..82], &mut pc).expect("hex");
+                hex::decode_to_slice(&suffix[96..160], &mut c).expect("hex");
                 black_box((&pc, &c));
             }
         }
     });
     row(
-        "    (for comparison: hex-decode through a 256-entry table)",
+        "    (before 65b1457: hex-decode with the hex crate)",
         &s,
         hot_n,
         None,
-    );
-    let (s, _) = measure(reps, true, || {
-        let mut count = 0usize;
-        for _ in 0..iters {
-            let mut rest = &hot_raw[..];
-            while let Some(i) = find_newline(rest) {
-                count += usize::from(i > 0);
-                rest = &rest[i + 1..];
-            }
-        }
-        count
-    });
-    row(
-        "    (for comparison: split lines, 8 bytes at a time)",
-        &s,
-        hot_n,
-        Some(hot_bytes),
     );
     let parsed: Vec<StoredRecord> = line_slices
         .iter()
@@ -922,18 +841,6 @@ fn main() {
     });
     let hmac_med = median(&s);
     row("  HMAC-SHA256 per record (chain::mac)", &s, n, Some(raw));
-    let (s_proto, count) = measure(reps, true, || prototype_verify(&archive_dir, &public));
-    assert_eq!(count, n as u64);
-    row(
-        "  prototype: verify_dir's keyless checks, 3 changes (*)",
-        &s_proto,
-        n,
-        Some(raw),
-    );
-    println!(
-        "    (*) one-shot zstd::bulk::decompress into raw_bytes, newline search 8 bytes at a \
-         time, hex through a table"
-    );
 
     // Goals.
     let best_cpu = |s: &[Sample]| s.iter().map(|x| x.cpu).min().expect("one sample");

@@ -16,8 +16,11 @@
 //! - (c) a sled-alone reference: the same records (built with the pipeline crate) written to a
 //!   fresh sled database configured as `Log::open` does, in groups of the size the service
 //!   achieved in (a), each group one `apply_batch` + `flush` + fdatasync of `<dir>/db`;
-//! - (d) the cost of the checksum stage's idempotence lookups (`Log::lookup_id`) alone, during
-//!   group commits, and during a log trim (sled 0.34 serializes them on one global lock).
+//! - (d) what a log trim does to group commits: `Log::commit` latency (p50/p99/max) while
+//!   another thread trims one archive segment's worth of records as the archive projection
+//!   does (`Log::trim_through` in a loop, at most 4096 records per sled batch), against the
+//!   same commits without a trim (sled 0.34 holds one global lock for each batch); and, for
+//!   comparison, while another thread syncs a file the size of a sealed archive segment.
 //!
 //! `benches/README.md` explains the output and holds the measured results.
 //!
@@ -41,7 +44,7 @@
 //! | `E2E_BIN`           |         | the binary (default `target/release/kubechat-audit`)     |
 //! | `E2E_TMPDIR`        |         | where the temporary data directories go (default: TMPDIR)|
 //! | `E2E_PERF`          |         | a directory: record `perf` profiles of serve in (a), (b) |
-//! | `E2E_EVENT_IDS`     | 1       | 0: events carry no `event_id` (no idempotence lookups)   |
+//! | `E2E_EVENT_IDS`     | 1       | 0: events carry no `event_id` (no idempotence check)     |
 //!
 //! Nothing here asserts a wall-clock bound; the goals are printed as met or not met.
 
@@ -55,7 +58,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context};
-use kubechat_audit::log::{Durability, Log, RECORD_CHUNK_BYTES_MAX, SLED_SEGMENT_BYTES};
+use kubechat_audit::log::{
+    Durability, Log, RECORD_CHUNK_BYTES_MAX, SLED_SEGMENT_BYTES, TRIM_RECORDS_PER_BATCH,
+};
 use kubechat_audit_pipeline::chain::{ChainKey, GENESIS};
 use kubechat_audit_pipeline::enrich::{enrich, uuid_v7_at, RequestContext, Transport};
 use kubechat_audit_pipeline::event::validate_bytes;
@@ -586,8 +591,52 @@ struct DepthSampler {
 struct Sampled {
     /// "stage mean/max" for each stage channel, in pipeline order.
     depths: String,
-    /// Per second of the phase: (log records trimmed, archive segments sealed).
-    per_second: Vec<(f64, f64)>,
+    /// Per second of the phase.
+    per_second: Vec<Second>,
+}
+
+/// What the server reported for one second of a phase.
+struct Second {
+    trimmed: f64,
+    sealed: f64,
+    /// Group commits, and the events they wrote.
+    commits: f64,
+    commit_events: f64,
+    /// Time the log writer spent in commits.
+    commit_secs: f64,
+    /// Upper bound of the histogram bucket of the slowest commit (`None`: no commit).
+    slowest_commit: Option<f64>,
+}
+
+impl Second {
+    fn between(a: &Metrics, b: &Metrics) -> Second {
+        const BUCKET: &str = "kubechat_audit_log_flush_seconds_bucket{le=\"";
+        let d = |n: &str| b.get(n) - a.get(n);
+        let commits = d("kubechat_audit_log_flush_seconds_count");
+        let mut buckets: Vec<(f64, f64)> =
+            b.0.iter()
+                .filter_map(|(k, v)| {
+                    let le = k.strip_prefix(BUCKET)?.strip_suffix("\"}")?;
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().ok()?
+                    };
+                    Some((le, v - a.0.get(k).copied().unwrap_or(0.0)))
+                })
+                .collect();
+        buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
+        Second {
+            trimmed: d("kubechat_audit_log_trimmed_records_total"),
+            sealed: d("kubechat_audit_archive_segments_sealed_total"),
+            commits,
+            commit_events: d("kubechat_audit_log_group_commit_events_sum"),
+            commit_secs: d("kubechat_audit_log_flush_seconds_sum"),
+            slowest_commit: (commits > 0.0)
+                .then(|| buckets.iter().find(|(_, n)| *n >= commits).map(|b| b.0))
+                .flatten(),
+        }
+    }
 }
 
 impl DepthSampler {
@@ -624,35 +673,24 @@ impl DepthSampler {
                 format!("{stage} {mean:.1}/{max:.0}")
             })
             .collect();
-        // Counter values at the end of each second, then differences.
-        let mut at_end: Vec<(f64, f64)> = Vec::new();
-        for (t, m) in &samples {
+        // The last sample of each second (the first sample stands for the phase's start),
+        // then differences between consecutive ones.
+        let mut last_of: Vec<Option<usize>> = Vec::new();
+        for (i, (t, _)) in samples.iter().enumerate() {
             let sec = t.as_secs() as usize;
-            let v = (
-                m.get("kubechat_audit_log_trimmed_records_total"),
-                m.get("kubechat_audit_archive_segments_sealed_total"),
-            );
-            if at_end.len() <= sec {
-                let last = at_end.last().copied().unwrap_or(v);
-                at_end.resize(sec + 1, last);
+            if last_of.len() <= sec {
+                last_of.resize(sec + 1, None);
             }
-            at_end[sec] = v;
+            last_of[sec] = Some(i);
         }
-        let mut prev = samples
-            .first()
-            .map(|(_, m)| {
-                (
-                    m.get("kubechat_audit_log_trimmed_records_total"),
-                    m.get("kubechat_audit_archive_segments_sealed_total"),
-                )
-            })
-            .unwrap_or((0.0, 0.0));
-        let per_second = at_end
+        let mut prev = 0;
+        let per_second = last_of
             .into_iter()
-            .map(|v| {
-                let d = (v.0 - prev.0, v.1 - prev.1);
-                prev = v;
-                d
+            .map(|i| {
+                let i = i.unwrap_or(prev);
+                let (a, b) = (&samples[prev].1, &samples[i].1);
+                prev = i;
+                Second::between(a, b)
             })
             .collect();
         Sampled {
@@ -666,9 +704,42 @@ impl DepthSampler {
 fn housekeeping_line(s: &Sampled) -> String {
     s.per_second
         .iter()
-        .map(|&(trimmed, sealed)| match (trimmed > 0.0, sealed > 0.0) {
+        .map(|x| match (x.trimmed > 0.0, x.sealed > 0.0) {
             (false, false) => "-".to_owned(),
-            _ => format!("{trimmed:.0}({sealed:.0})"),
+            _ => format!("{:.0}({:.0})", x.trimmed, x.sealed),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// "slowest commit <= bucket ms / share of the second in commits" per second.
+fn commits_line(s: &Sampled) -> String {
+    s.per_second
+        .iter()
+        .map(|x| match x.slowest_commit {
+            None => "-".to_owned(),
+            // Bucket bounds are 0.1, 0.25, ... 2500 ms: `{}` prints them without zeros.
+            Some(le) if le.is_finite() => format!(
+                "{}/{:.0}%",
+                (le * 1e5).round() / 100.0,
+                100.0 * x.commit_secs
+            ),
+            Some(_) => format!(">2500/{:.0}%", 100.0 * x.commit_secs),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// "commits (mean events per commit)" per second.
+fn groups_line(s: &Sampled) -> String {
+    s.per_second
+        .iter()
+        .map(|x| {
+            if x.commits > 0.0 {
+                format!("{:.0}({:.1})", x.commits, x.commit_events / x.commits)
+            } else {
+                "-".to_owned()
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -1095,8 +1166,8 @@ enum Variant {
     KeyPerEvent,
     /// One key per chunk of at most 32 KiB of record bodies, as the log stores records.
     KeyPerChunk,
-    /// Chunks plus the idempotence index (`'i' event_id -> seq`) and the head, as
-    /// `Log::commit` writes them.
+    /// Chunks plus the head key (`mhead`: last seq and checksum), exactly the keys
+    /// `Log::commit` writes (it keeps no per-event index since `fe404d3`).
     AsTheLog,
     /// `kubechat_audit::log::Log::commit` itself (includes encoding and its checks).
     LogCommit,
@@ -1107,7 +1178,7 @@ impl Variant {
         match self {
             Variant::KeyPerEvent => "sled alone, one key per event",
             Variant::KeyPerChunk => "sled alone, one key per <=32 KiB chunk",
-            Variant::AsTheLog => "sled alone, chunks + id index + head (the log's keys)",
+            Variant::AsTheLog => "sled alone, chunks + head key (the log's keys)",
             Variant::LogCommit => "Log::commit (the service's log code, no pipeline)",
         }
     }
@@ -1148,14 +1219,6 @@ fn group_kvs(group: &[Sealed], v: Variant) -> Vec<(Vec<u8>, Vec<u8>)> {
                 }
                 bytes += r.body.len();
                 chunk.push(r.clone());
-                if v == Variant::AsTheLog {
-                    let Sealed::New { event_id, .. } = s else {
-                        continue;
-                    };
-                    let mut k = vec![b'i'];
-                    k.extend_from_slice(event_id.as_bytes());
-                    kvs.push((k, r.seq.to_be_bytes().to_vec()));
-                }
             }
             if !chunk.is_empty() {
                 kvs.push((u64_key(b'r', chunk[0].seq), encode_batch(&chunk)));
@@ -1224,6 +1287,254 @@ fn sled_reference(
         }
     }
     Ok((written, spent, keys))
+}
+
+// ------------------------------------------------------------------------------------------
+// (d) A log trim against the log writer's group commits
+
+/// Records one trim removes in (d): one sealed archive segment (64 MiB of ~916-byte JSON
+/// lines), which the archive projection trims in one go after sealing it.
+const TRIM_RECORDS: usize = 73_000;
+/// How long (d) commits without a trim, for the reference latencies (at most a third of the
+/// records left after the history, so that the other phases have some).
+const TRIM_BASELINE: Duration = Duration::from_secs(2);
+/// The file one sealed archive segment leaves: 64 MiB of JSON lines at zstd ratio ~5.7.
+const SEAL_FILE_BYTES: usize = 11_700_000;
+
+/// Commit latencies (ns, sorted) of one phase of (d).
+struct Commits {
+    lat: Vec<u64>,
+    secs: f64,
+}
+
+/// What (d) measured for one group size.
+struct TrimOut {
+    group: usize,
+    /// Records in the log before the trim, and the chunks (sled keys) they were stored in.
+    history: usize,
+    history_chunks: usize,
+    /// `Log::commit` with nothing else running, during the trim, during the simulated seal.
+    alone: Commits,
+    during_trim: Commits,
+    during_seal: Commits,
+    /// Records removed, and the wall time of every `trim_through` call that removed some.
+    removed: u64,
+    batches: Vec<u64>,
+    seal_secs: f64,
+    /// The records for commits ran out before a phase ended.
+    ran_out: bool,
+}
+
+/// Commits groups from `groups` back to back (`Durability::Synced`, as serve does) until
+/// `job`, run in another thread, returns; or, without a job, until `limit` groups or
+/// `TRIM_BASELINE`. Returns the commit latencies, the job's result and whether the groups
+/// ran out.
+fn commits_during<'a, T: Send>(
+    log: &Log,
+    groups: &mut impl Iterator<Item = &'a [Sealed]>,
+    next_dead: &mut u64,
+    limit: usize,
+    job: Option<Box<dyn FnOnce() -> T + Send + '_>>,
+) -> anyhow::Result<(Commits, Option<T>, bool)> {
+    let done = AtomicBool::new(job.is_none());
+    let t = Instant::now();
+    let mut lat = Vec::new();
+    let mut ran_out = false;
+    let mut commit = || -> anyhow::Result<bool> {
+        let Some(g) = groups.next() else {
+            ran_out = true;
+            return Ok(false);
+        };
+        let t1 = Instant::now();
+        log.commit(&[g], next_dead, Durability::Synced)?;
+        lat.push(t1.elapsed().as_nanos() as u64);
+        Ok(true)
+    };
+    let (out, committed) = std::thread::scope(|s| {
+        let handle = job.map(|job| {
+            s.spawn(|| {
+                let r = job();
+                done.store(true, Ordering::Release);
+                r
+            })
+        });
+        let committed = if handle.is_none() {
+            let mut r = Ok(true);
+            for _ in 0..limit {
+                r = commit();
+                if !matches!(r, Ok(true)) || t.elapsed() >= TRIM_BASELINE {
+                    break;
+                }
+            }
+            r
+        } else {
+            let mut r = Ok(true);
+            while !done.load(Ordering::Acquire) {
+                r = commit();
+                if !matches!(r, Ok(true)) {
+                    break;
+                }
+            }
+            r
+        };
+        let out = handle.map(|h| h.join().expect("background thread panicked"));
+        (out, committed)
+    });
+    committed?;
+    lat.sort_unstable();
+    Ok((
+        Commits {
+            lat,
+            secs: t.elapsed().as_secs_f64(),
+        },
+        out,
+        ran_out,
+    ))
+}
+
+/// (d) Fills a fresh log with `TRIM_RECORDS` records in groups of `group` (so that its
+/// chunks are laid out as the writer lays them out at that group size; sled flush without
+/// fdatasync, not timed), then times `Log::commit` of groups of `group` events back to back:
+/// alone; while another thread trims the whole history as the archive projection does
+/// (`Log::trim_through` in a loop until it removes nothing, at most `TRIM_RECORDS_PER_BATCH`
+/// records per sled batch); and, for comparison, while another thread does what sealing an
+/// archive segment does to the disk (`sync_all` of a freshly written `SEAL_FILE_BYTES` file,
+/// rename, directory sync).
+fn trim_contention(
+    dir: &Path,
+    sealed: &[Sealed],
+    group: usize,
+    seed: u64,
+) -> anyhow::Result<TrimOut> {
+    let log = Log::open(dir)?;
+    let mut next_dead = 1;
+    let (history, rest) = sealed.split_at(TRIM_RECORDS.min(sealed.len() / 3));
+    let mut history_chunks = 0;
+    for g in history.chunks(group) {
+        history_chunks += log
+            .commit(&[g], &mut next_dead, Durability::Flushed)?
+            .chunks;
+    }
+    let through = history.last().map(|s| rec(s).seq).unwrap_or(0);
+    let mut groups = rest.chunks(group);
+    let third = rest.len().div_ceil(group) / 3;
+    let (alone, _, out1) =
+        commits_during::<()>(&log, &mut groups, &mut next_dead, third.max(1), None)?;
+    let trim = || -> Result<(u64, Vec<u64>), kubechat_audit::log::LogError> {
+        let mut removed = 0;
+        let mut batches = Vec::new();
+        loop {
+            let t = Instant::now();
+            match log.trim_through(through)? {
+                0 => return Ok((removed, batches)),
+                n => {
+                    removed += n;
+                    batches.push(t.elapsed().as_nanos() as u64);
+                }
+            }
+        }
+    };
+    let (during_trim, trimmed, out2) =
+        commits_during(&log, &mut groups, &mut next_dead, 0, Some(Box::new(trim)))?;
+    let (removed, batches) = trimmed.expect("a job result")?;
+    ensure!(
+        removed == through,
+        "the trim removed {removed} records, not the {through} committed before it"
+    );
+    // A segment's worth of incompressible bytes, dirty in the page cache as the archive's
+    // appends leave it, then its seal's syncs.
+    let seg = dir.join("segment.sim");
+    {
+        let mut f = File::create(&seg)?;
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x7365616c);
+        let mut frame = vec![0u8; 650_000];
+        let mut left = SEAL_FILE_BYTES;
+        while left > 0 {
+            rng.fill(&mut frame[..]);
+            let n = left.min(frame.len());
+            f.write_all(&frame[..n])?;
+            left -= n;
+        }
+    }
+    let seal = || -> std::io::Result<f64> {
+        let t = Instant::now();
+        File::options().append(true).open(&seg)?.sync_all()?;
+        let to = dir.join("segment.sealed");
+        std::fs::rename(&seg, &to)?;
+        File::open(dir)?.sync_all()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (during_seal, sealed_in, out3) =
+        commits_during(&log, &mut groups, &mut next_dead, 0, Some(Box::new(seal)))?;
+    let seal_secs = sealed_in.expect("a job result")?;
+    Ok(TrimOut {
+        group,
+        history: history.len(),
+        history_chunks,
+        alone,
+        during_trim,
+        during_seal,
+        removed,
+        batches,
+        seal_secs,
+        ran_out: out1 || out2 || out3,
+    })
+}
+
+fn commit_latency_line(c: &Commits) -> String {
+    if c.lat.is_empty() {
+        return "no commits".to_owned();
+    }
+    format!(
+        "{:>5} commits in {:>4.0} ms, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        c.lat.len(),
+        c.secs * 1e3,
+        pct(&c.lat, 50.0),
+        pct(&c.lat, 99.0),
+        pct(&c.lat, 100.0)
+    )
+}
+
+fn print_trim(t: &TrimOut, label: &str) {
+    let mut batches = t.batches.clone();
+    batches.sort_unstable();
+    println!(
+        "  groups of {} events ({label}); {} records in {} chunks ({:.1} records/chunk) to trim:",
+        t.group,
+        t.history,
+        t.history_chunks,
+        t.history as f64 / t.history_chunks.max(1) as f64
+    );
+    println!(
+        "    Log::commit, alone:                 {}",
+        commit_latency_line(&t.alone)
+    );
+    println!(
+        "    Log::commit during the trim:        {}",
+        commit_latency_line(&t.during_trim)
+    );
+    println!(
+        "      the trim: {} records in {} trim_through calls, {:.0} ms in all; per call p50 {:.1} ms, max {:.1} ms",
+        t.removed,
+        batches.len(),
+        t.during_trim.secs * 1e3,
+        pct(&batches, 50.0),
+        pct(&batches, 100.0),
+    );
+    println!(
+        "    Log::commit during a segment seal:  {}",
+        commit_latency_line(&t.during_seal)
+    );
+    println!(
+        "      the seal: sync_all of {:.1} MB just written, rename, directory sync: {:.0} ms{}",
+        SEAL_FILE_BYTES as f64 / 1e6,
+        t.seal_secs * 1e3,
+        if t.ran_out {
+            "\n    the records for commits RAN OUT in a phase (raise E2E_EVENTS)"
+        } else {
+            ""
+        }
+    );
 }
 
 fn newest_source_mtime(dir: &Path) -> Option<SystemTime> {
@@ -1474,6 +1785,14 @@ fn run() -> anyhow::Result<()> {
         housekeeping_line(&depths_b)
     );
     println!(
+        "  per second, slowest log commit <= ms (histogram bucket) / share of the second in commits: {}",
+        commits_line(&depths_b)
+    );
+    println!(
+        "  per second, group commits (mean events per commit): {}",
+        groups_line(&depths_b)
+    );
+    println!(
         "  requests queued in front of each stage, mean/max: {}",
         depths_b.depths
     );
@@ -1540,7 +1859,7 @@ fn run() -> anyhow::Result<()> {
         let (n, spent, keys) = sled_reference(&dir, &sealed, group, v, budget)?;
         let rate = n as f64 / spent.as_secs_f64();
         println!(
-            "  {:<56} {:>9.0} events/s ({n} events, {} groups, {:.1} keys/group, {:.2} ms/group); pipeline/this = {:.2}",
+            "  {:<56} {:>9.0} events/s ({n} events, {} groups, {:.1} keys/group, {:.2} ms/group); pipeline/this = {:.3}",
             v.name(),
             rate,
             n.div_ceil(group),
@@ -1549,6 +1868,26 @@ fn run() -> anyhow::Result<()> {
             a.rate() / rate
         );
         refs.push(rate);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    // (d) A log trim against group commits.
+    println!(
+        "\n(d) a log trim as the archive projection runs it (Log::trim_through until it removes nothing, \
+         <= {TRIM_RECORDS_PER_BATCH} records per sled batch) against Log::commit in another thread"
+    );
+    let mut trims = Vec::new();
+    for (g, label) in [
+        (
+            db.group_events_mean.round().max(1.0) as usize,
+            "the mean group of (b)",
+        ),
+        (group, "the mean group of (a)"),
+    ] {
+        let dir = tmp.path().join(format!("trim-{g}"));
+        let t = trim_contention(&dir, &sealed, g, k.seed)?;
+        print_trim(&t, label);
+        trims.push(t);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1562,7 +1901,7 @@ fn run() -> anyhow::Result<()> {
         yes(a.rate() >= GOAL_THROUGHPUT)
     );
     println!(
-        "  vs sled alone   {:>9.2} (pipeline / one key per event; {:.2} vs one key per chunk)   goal >= {GOAL_RATIO}: {}",
+        "  vs sled alone   {:>9.3} (pipeline / one key per event; {:.2} vs one key per chunk)   goal >= {GOAL_RATIO}: {}",
         ratio,
         a.rate() / refs[1],
         yes(ratio >= GOAL_RATIO)
@@ -1573,6 +1912,19 @@ fn run() -> anyhow::Result<()> {
         k.rate,
         yes(p99 < GOAL_P99_MS)
     );
+    for t in &trims {
+        println!(
+            "  Log::commit p99 (max), groups of {:>4}: alone {:.2} ({:.2}) ms, during a trim {:.2} ({:.2}) ms, \
+             during a seal {:.2} ({:.2}) ms",
+            t.group,
+            pct(&t.alone.lat, 99.0),
+            pct(&t.alone.lat, 100.0),
+            pct(&t.during_trim.lat, 99.0),
+            pct(&t.during_trim.lat, 100.0),
+            pct(&t.during_seal.lat, 99.0),
+            pct(&t.during_seal.lat, 100.0)
+        );
+    }
     println!(
         "  rejected or mismatched answers: {total_bad} (expected 0); clean SIGTERM exit: {}; verify: {}",
         status.success(),
