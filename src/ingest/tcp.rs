@@ -67,8 +67,18 @@ async fn connection(
     let writer = tokio::spawn(async move {
         let mut out = BufWriter::with_capacity(64 * 1024, wr);
         let mut line = Vec::with_capacity(256);
-        while let Some((n, pending)) = ack_rx.recv().await {
-            let result = pending.await.unwrap_or_else(|_| {
+        while let Some((n, mut pending)) = ack_rx.recv().await {
+            // Answers already written wait in the buffer only while the next reply is
+            // ready too: before waiting for one that is not, send what we have.
+            let ready = futures_util::FutureExt::now_or_never(&mut pending);
+            let result = match ready {
+                Some(r) => r,
+                None => {
+                    out.flush().await?;
+                    pending.await
+                }
+            };
+            let result = result.unwrap_or_else(|_| {
                 Err(kubechat_audit_pipeline::stage::Failure(
                     "pipeline stopped".into(),
                 ))
@@ -96,7 +106,7 @@ async fn connection(
                     return Ok(());
                 }
             }
-            // Flush when nothing else is ready, so pipelined answers share a write.
+            // Flush when no further request is queued, so pipelined answers share a write.
             if ack_rx.is_empty() {
                 out.flush().await?;
             }

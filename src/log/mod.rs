@@ -64,7 +64,7 @@ impl Journal for Log {
 }
 
 /// Most records one trim removes in one sled batch.
-pub const TRIM_RECORDS_PER_BATCH: u64 = 4096;
+pub const TRIM_RECORDS_PER_BATCH: u64 = 1024;
 /// Largest record chunk written under one key, in bytes.
 pub const RECORD_CHUNK_BYTES_MAX: usize = 32 * 1024;
 /// sled's segment size for new logs. sled stores a tree node bigger than a quarter of a
@@ -341,34 +341,46 @@ impl Log {
     /// a batch, and the log writer waits on it), and records the new trim point. Returns the
     /// records removed; call again until it returns 0.
     pub fn trim_through(&self, seq: u64) -> Result<u64, LogError> {
+        // A chunk ends where the next one starts, so keys alone tell which chunks lie
+        // wholly at or below `seq`; only the last of them is decoded, for its checksum.
         let mut batch = sled::Batch::default();
-        let mut last: Option<(u64, [u8; 32])> = None;
         let mut removed = 0u64;
-        for kv in self.db.scan_prefix([P_RECORDS]) {
-            let (k, v) = kv?;
-            let key = be_u64(&k[1..]).unwrap_or(0);
-            let recs = decode_batch(&v).map_err(|source| LogError::Decode { key, source })?;
-            match recs.last() {
-                Some(r) if r.seq <= seq => {
-                    removed += recs.len() as u64;
-                    last = Some((r.seq, r.checksum));
-                    batch.remove(k);
-                }
-                _ => break,
-            }
-            if removed >= TRIM_RECORDS_PER_BATCH {
+        let mut last_key: Option<sled::IVec> = None;
+        let mut keys = self.db.scan_prefix([P_RECORDS]).keys().peekable();
+        while let Some(k) = keys.next() {
+            let k = k?;
+            let first = be_u64(&k[1..]).unwrap_or(0);
+            let next_first = match keys.peek() {
+                Some(Ok(n)) => be_u64(&n[1..]).unwrap_or(0),
+                // The newest chunk ends at the head.
+                _ => self.durable_head() + 1,
+            };
+            if next_first == 0 || next_first - 1 > seq || removed >= TRIM_RECORDS_PER_BATCH {
                 break;
             }
+            removed += next_first - first;
+            batch.remove(k.clone());
+            last_key = Some(k);
         }
-        if let Some((s, c)) = last {
-            let mut v = [0u8; 40];
-            v[..8].copy_from_slice(&s.to_be_bytes());
-            v[8..].copy_from_slice(&c);
-            batch.insert(META_TRIMMED, &v[..]);
-            self.db.apply_batch(batch)?;
-            self.db.flush()?;
-            self.first_seq.fetch_max(s + 1, Ordering::SeqCst);
-        }
+        let Some(k) = last_key else {
+            return Ok(0);
+        };
+        let key = be_u64(&k[1..]).unwrap_or(0);
+        let v = self
+            .db
+            .get(&k)?
+            .ok_or_else(|| LogError::Corrupt(format!("chunk {key} vanished while trimming")))?;
+        let recs = decode_batch(&v).map_err(|source| LogError::Decode { key, source })?;
+        let r = recs
+            .last()
+            .ok_or_else(|| LogError::Corrupt(format!("chunk {key} is empty")))?;
+        let mut meta = [0u8; 40];
+        meta[..8].copy_from_slice(&r.seq.to_be_bytes());
+        meta[8..].copy_from_slice(&r.checksum);
+        batch.insert(META_TRIMMED, &meta[..]);
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        self.first_seq.fetch_max(r.seq + 1, Ordering::SeqCst);
         Ok(removed)
     }
 

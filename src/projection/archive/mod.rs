@@ -272,6 +272,8 @@ fn trim_log(log: &Log, sealed: u64, policy: &TrimPolicy) -> Result<(), String> {
             break;
         }
         counter!(m::LOG_TRIMMED_RECORDS).increment(removed);
+        // Let the log writer have sled between batches (sled holds a global lock for each).
+        std::thread::sleep(Duration::from_millis(2));
     }
     gauge!(m::LOG_FIRST_SEQ).set(log.first_seq().map_err(|e| e.to_string())? as f64);
     Ok(())
