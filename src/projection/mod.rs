@@ -9,6 +9,9 @@
 pub mod archive;
 pub mod postgres;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use metrics::gauge;
@@ -45,6 +48,33 @@ pub fn set_state(name: &'static str, s: State) {
     for t in State::ALL {
         gauge!(crate::metrics::PROJECTION_STATE, "projection" => name, "state" => t.as_str())
             .set(if t == s { 1.0 } else { 0.0 });
+    }
+}
+
+/// A running projection thread and the flag that asks it to stop.
+pub struct Handle {
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<(), String>>,
+}
+
+impl Handle {
+    pub fn new(
+        name: &'static str,
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<Result<(), String>>,
+    ) -> Handle {
+        Handle { name, stop, thread }
+    }
+
+    /// Asks the projection to stop (the archive seals its open segment, PostgreSQL finishes
+    /// its batch) and waits for it; its error, if it had stopped on one.
+    pub fn stop(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let name = self.name;
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(format!("the {name} projection panicked")))
     }
 }
 

@@ -22,7 +22,6 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kubechat_audit_pipeline::chain::GENESIS;
@@ -33,7 +32,7 @@ use self::segment::{clean, manifests, OpenSegment};
 use crate::keys::SigningKey;
 use crate::log::Log;
 use crate::metrics as m;
-use crate::projection::{set_state, Backoff, State};
+use crate::projection::{set_state, Backoff, Handle, State};
 
 /// The archive's name for offsets and metrics.
 pub const PROJECTION: &str = "archive";
@@ -90,22 +89,6 @@ pub fn sealed_through(dir: &Path) -> Result<(u64, [u8; 32]), String> {
     }
 }
 
-/// A running archive thread.
-pub struct Handle {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<(), String>>,
-}
-
-impl Handle {
-    /// Seals the open segment and stops.
-    pub fn stop(self) -> Result<(), String> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err("the archive projection panicked".into()))
-    }
-}
-
 /// Starts the archive thread.
 pub fn spawn(
     cfg: ArchiveConfig,
@@ -133,7 +116,7 @@ pub fn spawn(
             }
             r
         })?;
-    Ok(Handle { stop, thread })
+    Ok(Handle::new(PROJECTION, stop, thread))
 }
 
 fn run(

@@ -27,7 +27,6 @@ pub mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, gauge, histogram};
@@ -38,26 +37,10 @@ use self::retry::{classify, Class};
 use self::write::{first_refused, read_offset, to_rows, write_batch, WriteError, PROJECTION};
 use crate::log::Log;
 use crate::metrics as m;
-use crate::projection::{Backoff, State};
+use crate::projection::{Backoff, Handle, State};
 
 fn set_state(s: State) {
     crate::projection::set_state(PROJECTION, s);
-}
-
-/// A running projection thread.
-pub struct Handle {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<(), String>>,
-}
-
-impl Handle {
-    /// Asks the projection to stop after its current batch and waits for it.
-    pub fn stop(self) -> Result<(), String> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err("the postgres projection panicked".into()))
-    }
 }
 
 /// Starts the projection thread.
@@ -85,7 +68,7 @@ pub fn spawn(
         }
         result
     })?;
-    Ok(Handle { stop, thread })
+    Ok(Handle::new(PROJECTION, stop, thread))
 }
 
 async fn run(
