@@ -13,6 +13,9 @@
 //! The machine these numbers are taken on is small and shared, so compare lines of one run
 //! with each other rather than with another run.
 
+mod common;
+
+use common::{env_or, LINE_BYTES};
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -28,78 +31,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
-/// Size of every generated NDJSON line, newline excluded.
-const LINE_BYTES: usize = 500;
 /// The log's record chunk bound (`kubechat_audit::log::RECORD_CHUNK_BYTES_MAX`).
 const CHUNK_BYTES_MAX: usize = kubechat_audit::log::RECORD_CHUNK_BYTES_MAX;
 const CHAIN_ID: &str = "0b6f3c1e-bench-chain";
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
-/// One realistic `command_execution` event of exactly [`LINE_BYTES`] bytes, with a unique
-/// producer `event_id`. The same generator lives in `benches/e2e.rs`.
+/// One generated event line with a producer `event_id`.
 fn event_line(rng: &mut StdRng, i: u64) -> Vec<u8> {
-    const VERBS: [&str; 6] = ["get", "delete", "apply", "scale", "logs", "describe"];
-    const NAMESPACES: [&str; 5] = ["prod", "staging", "payments", "kube-system", "web"];
-    const TEAMS: [&str; 4] = ["platform", "payments", "search", "identity"];
-    let verb = VERBS[rng.random_range(0..VERBS.len())];
-    let ns = NAMESPACES[rng.random_range(0..NAMESPACES.len())];
-    let event_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
-    let ms = i % 86_400_000;
-    let timestamp = format!(
-        "2026-01-15T{:02}:{:02}:{:02}.{:03}Z",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000
-    );
-    let mut v = serde_json::json!({
-        "event_id": event_id.hyphenated().to_string(),
-        "user_id": format!("user-{:04}@example.com", rng.random_range(0..5000)),
-        "event_type": "command_execution",
-        "action": format!("kubectl.{verb}"),
-        "kubernetes_command": format!(
-            "kubectl {verb} pod web-{}-{:05x} -n {ns}",
-            rng.random_range(0..64),
-            rng.random_range(0..0xfffff)
-        ),
-        "success": rng.random_bool(0.9),
-        "timestamp": timestamp,
-        "ip_address": format!(
-            "10.{}.{}.{}",
-            rng.random_range(0..256),
-            rng.random_range(0..256),
-            rng.random_range(1..255)
-        ),
-        "user_agent": "kubechat/1.4.2",
-        "metadata": {
-            "cluster": "eu-west-1",
-            "namespace": ns,
-            "request_id": format!("{:016x}", rng.random::<u64>()),
-            "labels": {"team": TEAMS[rng.random_range(0..TEAMS.len())]},
-            "pad": "",
-        }
-    });
-    let base = serde_json::to_vec(&v).expect("JSON");
-    assert!(
-        base.len() <= LINE_BYTES,
-        "base event is {} bytes",
-        base.len()
-    );
-    let pad: String = (0..LINE_BYTES - base.len())
-        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
-        .collect();
-    v["metadata"]["pad"] = pad.into();
-    let line = serde_json::to_vec(&v).expect("JSON");
-    assert_eq!(line.len(), LINE_BYTES);
-    line
+    common::event_line(rng, i, true).1
 }
 
 struct NoIds;
